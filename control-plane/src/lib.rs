@@ -1,0 +1,20 @@
+//! The cellfleet control plane.
+//!
+//! Layers, from the inside out:
+//! - pure decisions: [`placement`], [`lifecycle`], [`context`], [`audit`], [`manifest`] — no I/O;
+//! - [`store`]: the one persistence chokepoint (SQLite or PostgreSQL through sqlx);
+//! - [`service`]: operations that load state, ask the pure core, and persist the result together
+//!   with its audit record;
+//! - [`http`]: the authenticated HTTP API (thin handlers: authorize → parse → service → respond);
+//! - [`cli`]: the `cellfleet` binary — the server (`serve`, `up`) and the operator CLI.
+
+pub mod audit;
+pub mod auth;
+//pub mod cli;
+pub mod context;
+//pub mod http;
+pub mod lifecycle;
+pub mod manifest;
+pub mod placement;
+pub mod service;
+pub mod store;

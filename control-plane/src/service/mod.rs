@@ -1,0 +1,132 @@
+//! Operations on the registry: each loads what it needs, asks the pure core (placement,
+//! lifecycle, manifests) for the decision, and persists the result with its audit record in one
+//! transaction. Handlers and the CLI's `up` call these; nothing else writes the registry.
+
+mod apply;
+mod diff;
+mod placing;
+mod tenants;
+mod tokens;
+mod views;
+
+use std::time::Duration;
+
+use cellfleet_api::{AuditRecord, AuditVerification, CellName, CellView, RegionView};
+
+use crate::manifest::ManifestError;
+use crate::placement::Policy;
+use crate::store::{self, Store, StoreError};
+
+pub use tokens::Bootstrap;
+
+/// Errors of registry operations; the HTTP layer maps each to a status and a stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{kind} {name} not found")]
+    NotFound { kind: &'static str, name: String },
+    /// The request is valid but conflicts with the current state (illegal transition, exists).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Io(String),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Store(StoreError::Sql(e))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Server-wide settings of the registry.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long an archived tenant's data is kept before it may be deleted.
+    pub archive_retention: Duration,
+    pub policy: Policy,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            archive_retention: Duration::from_secs(30 * 24 * 3600),
+            policy: Policy::default(),
+        }
+    }
+}
+
+/// The registry service: the store plus the rules.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    store: Store,
+    settings: Settings,
+}
+
+impl Registry {
+    pub fn new(store: Store, settings: Settings) -> Self {
+        Registry { store, settings }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub async fn regions(&self) -> Result<Vec<RegionView>> {
+        let mut conn = self.store.read().await?;
+        let cells = store::list_cells(&mut conn).await?;
+        Ok(store::list_regions(&mut conn)
+            .await?
+            .into_iter()
+            .map(|r| views::region_view(r, &cells))
+            .collect())
+    }
+
+    pub async fn cells(&self) -> Result<Vec<CellView>> {
+        let mut conn = self.store.read().await?;
+        Ok(store::list_cells(&mut conn).await?.into_iter().map(views::cell_view).collect())
+    }
+
+    pub async fn cell(&self, name: &CellName) -> Result<CellView> {
+        let mut conn = self.store.read().await?;
+        store::get_cell(&mut conn, name)
+            .await?
+            .map(views::cell_view)
+            .ok_or_else(|| not_found("cell", name))
+    }
+
+    /// The newest `limit` audit records (optionally of one target and its children), oldest first.
+    pub async fn audit(&self, target: Option<&str>, limit: i64) -> Result<Vec<AuditRecord>> {
+        let mut conn = self.store.read().await?;
+        Ok(store::audit_list(&mut conn, target, limit.clamp(1, 10_000)).await?)
+    }
+
+    /// Re-computes the whole audit chain.
+    pub async fn verify_audit(&self) -> Result<AuditVerification> {
+        // One snapshot for head and records, so a record appended meanwhile is not mistaken for
+        // tampering, and a record added behind the head's back is.
+        let mut snapshot = self.store.read_snapshot().await?;
+        let head = store::audit_head(&mut snapshot).await?;
+        let records = store::audit_all(&mut snapshot).await?;
+        Ok(crate::audit::verify(records, head))
+    }
+}
+
+pub(crate) fn not_found(kind: &'static str, name: impl ToString) -> Error {
+    Error::NotFound {
+        kind,
+        name: name.to_string(),
+    }
+}

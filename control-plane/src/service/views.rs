@@ -1,0 +1,59 @@
+//! Stored rows → API views.
+
+use cellfleet_api::{CellView, PlacementView, RegionView, TenantView};
+
+use crate::lifecycle;
+use crate::store::{CellRow, PlacementRow, RegionRow, TenantRow};
+
+pub fn region_view(r: RegionRow, cells: &[CellRow]) -> RegionView {
+    RegionView {
+        cells: cells.iter().filter(|c| c.spec.region == r.name).count() as u32,
+        name: r.name,
+        jurisdiction: r.spec.jurisdiction,
+        location: r.spec.location,
+    }
+}
+
+pub fn cell_view(c: CellRow) -> CellView {
+    CellView {
+        capacity: c.spec.effective_capacity(),
+        template: c.spec.effective_template(),
+        region: c.spec.region,
+        kind: c.spec.kind,
+        env: c.spec.env,
+        endpoint: c.spec.endpoint,
+        change_window: c.spec.change_window,
+        name: c.name,
+        load: c.load,
+        labels: c.labels,
+        state: c.state,
+    }
+}
+
+pub fn placement_view(p: &PlacementRow) -> PlacementView {
+    PlacementView {
+        env: p.env.clone(),
+        cell: p.cell.clone(),
+        region: p.region.clone(),
+        generation: p.generation,
+        placed_at: p.placed_at,
+    }
+}
+
+pub fn tenant_view(
+    t: TenantRow,
+    placements: &[PlacementRow],
+    retention: std::time::Duration,
+) -> TenantView {
+    TenantView {
+        placements: placements.iter().map(placement_view).collect(),
+        deletable_after: t.archived_at.map(|a| lifecycle::deletable_after(a, retention)),
+        id: t.id,
+        state: t.state,
+        state_reason: t.state_reason,
+        spec: t.spec,
+        created_at: t.created_at,
+        updated_at: t.updated_at,
+        archived_at: t.archived_at,
+    }
+}

@@ -1,0 +1,140 @@
+//! Audit records: appended inside the mutation's transaction, read for `audit list|verify`.
+
+use chrono::{DateTime, Utc};
+use sqlx::AnyConnection;
+use sqlx::{Executor, Row};
+
+use super::{Result, from_millis, json_column, millis};
+use crate::audit::{StoredRecord, record_hash};
+
+/// What a mutation records; the chain fields are filled in by [`append`].
+#[derive(Debug, Clone)]
+pub struct AuditEntry {
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub correlation_id: String,
+    pub payload: serde_json::Value,
+}
+
+/// Appends `entry` after the current head. The caller holds the mutation lock (see the store's
+/// module docs), so reading the head and writing the next record cannot interleave with another
+/// writer.
+pub(super) async fn append(conn: &mut AnyConnection, entry: AuditEntry) -> Result<()> {
+    let (seq, prev_hash) = audit_head(conn).await?;
+    let mut record = StoredRecord {
+        seq: seq + 1,
+        at_ms: millis(entry.at),
+        actor: entry.actor,
+        action: entry.action,
+        target: entry.target,
+        correlation_id: entry.correlation_id,
+        payload: entry.payload.to_string(),
+        prev_hash,
+        hash: String::new(),
+    };
+    record.hash = record_hash(&record);
+    conn.execute(
+        sqlx::query(
+            "INSERT INTO audit_log (seq, at, actor, action, target, correlation_id, payload, prev_hash, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(record.seq)
+        .bind(record.at_ms)
+        .bind(record.actor)
+        .bind(record.action)
+        .bind(record.target)
+        .bind(record.correlation_id)
+        .bind(record.payload)
+        .bind(record.prev_hash)
+        .bind(record.hash.clone()),
+    )
+    .await?;
+    conn.execute(
+        sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+            .bind(record.seq)
+            .bind(record.hash),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The newest record's `(seq, hash)`; `(0, "")` when the log is empty.
+pub async fn audit_head(conn: &mut AnyConnection) -> Result<(i64, String)> {
+    let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok((row.try_get("seq")?, row.try_get("hash")?))
+}
+
+fn stored(row: &sqlx::any::AnyRow) -> Result<StoredRecord> {
+    Ok(StoredRecord {
+        seq: row.try_get("seq")?,
+        at_ms: row.try_get("at")?,
+        actor: row.try_get("actor")?,
+        action: row.try_get("action")?,
+        target: row.try_get("target")?,
+        correlation_id: row.try_get("correlation_id")?,
+        payload: row.try_get("payload")?,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+/// Every record in chain order, as stored (for verification).
+pub async fn audit_all(conn: &mut AnyConnection) -> Result<Vec<StoredRecord>> {
+    let rows = sqlx::query(
+        "SELECT seq, at, actor, action, target, correlation_id, payload, prev_hash, hash \
+         FROM audit_log ORDER BY seq",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(stored).collect()
+}
+
+/// The newest `limit` records, optionally for one target, newest last.
+pub async fn audit_list(
+    conn: &mut AnyConnection,
+    target: Option<&str>,
+    limit: i64,
+) -> Result<Vec<cellfleet_api::AuditRecord>> {
+    let rows = match target {
+        Some(t) => {
+            sqlx::query(
+                "SELECT seq, at, actor, action, target, correlation_id, payload, prev_hash, hash \
+                 FROM audit_log WHERE target = $1 OR target LIKE $2 ORDER BY seq DESC LIMIT $3",
+            )
+            .bind(t.to_owned())
+            .bind(format!("{t}/%"))
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await?
+        }
+        None => {
+            sqlx::query(
+                "SELECT seq, at, actor, action, target, correlation_id, payload, prev_hash, hash \
+                 FROM audit_log ORDER BY seq DESC LIMIT $1",
+            )
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await?
+        }
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows.iter().rev() {
+        let r = stored(row)?;
+        out.push(cellfleet_api::AuditRecord {
+            seq: r.seq,
+            at: from_millis(r.at_ms),
+            payload: json_column("audit payload", &r.payload)?,
+            actor: r.actor,
+            action: r.action,
+            target: r.target,
+            correlation_id: r.correlation_id,
+            prev_hash: r.prev_hash,
+            hash: r.hash,
+        });
+    }
+    Ok(out)
+}
