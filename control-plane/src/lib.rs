@@ -10,11 +10,12 @@
 
 pub mod audit;
 pub mod auth;
-//pub mod cli;
+pub mod cli;
 pub mod context;
-//pub mod http;
+pub mod http;
 pub mod lifecycle;
 pub mod manifest;
 pub mod placement;
+pub mod server;
 pub mod service;
 pub mod store;

@@ -1,1 +1,34 @@
-fn main() {}
+//! `cellfleet`: the control plane server and the operator CLI in one binary.
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> std::process::ExitCode {
+    let cli = cellfleet::cli::Cli::parse();
+    // Logs go to stderr so `-o json` output on stdout stays clean; the server logs at info, the
+    // CLI only warnings unless RUST_LOG says otherwise.
+    let default = match cli.command {
+        cellfleet::cli::Command::Serve(_) | cellfleet::cli::Command::Up(_) => "info,sqlx=warn",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cellfleet::cli::run(cli)) {
+        Ok(0) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            // One line: the error and its causes.
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -107,6 +107,15 @@ impl Registry {
             .ok_or_else(|| not_found("cell", name))
     }
 
+    /// Tenants and cells counted by state, for the metrics gauges.
+    pub async fn state_counts(&self) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>)> {
+        let mut conn = self.store.read().await?;
+        Ok((
+            store::count_by_state(&mut conn, store::Counted::Tenants).await?,
+            store::count_by_state(&mut conn, store::Counted::Cells).await?,
+        ))
+    }
+
     /// The newest `limit` audit records (optionally of one target and its children), oldest first.
     pub async fn audit(&self, target: Option<&str>, limit: i64) -> Result<Vec<AuditRecord>> {
         let mut conn = self.store.read().await?;

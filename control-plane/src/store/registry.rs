@@ -321,6 +321,25 @@ pub async fn delete_placements(conn: &mut AnyConnection, tenant: &TenantId) -> R
     Ok(done.rows_affected())
 }
 
+/// What [`count_by_state`] counts.
+#[derive(Debug, Clone, Copy)]
+pub enum Counted {
+    Tenants,
+    Cells,
+}
+
+/// Rows per `state` value.
+pub async fn count_by_state(conn: &mut AnyConnection, what: Counted) -> Result<Vec<(String, i64)>> {
+    let sql = match what {
+        Counted::Tenants => "SELECT state, COUNT(*) AS n FROM tenants GROUP BY state ORDER BY state",
+        Counted::Cells => "SELECT state, COUNT(*) AS n FROM cells GROUP BY state ORDER BY state",
+    };
+    let rows = sqlx::query(sql).fetch_all(&mut *conn).await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Snapshot for placement decisions
 

@@ -1,0 +1,419 @@
+//! The `cellfleet` command line: the server (`serve`, `up`) and the operator CLI, which talks
+//! to a server over HTTP (`--server`/`CELLFLEET_SERVER`, `--token`/`CELLFLEET_TOKEN`).
+//!
+//! Output is a table for people by default and the API's JSON with `-o json`. Every error ends
+//! the process with a non-zero exit code and a one-line reason on stderr.
+
+mod client;
+mod output;
+mod up;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use cellfleet_api::{
+    ApplyRequest, ApplyResponse, AuditRecord, AuditVerification, CellName, CellView,
+    CreateTenantRequest, CreateTokenRequest, Env, ManifestFile, Profile, Quotas, RegionName,
+    RegionView, Residency, Role, TenantContext, TenantExplain, TenantId, TenantSpec, TenantView,
+    TokenCreated, TokenView,
+};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+pub use client::{ApiFailure, Client, install_crypto_provider};
+
+use crate::http::DEFAULT_MAX_BODY_BYTES;
+use crate::server::{Server, ServerConfig, read_token_file, shutdown_signal};
+use crate::service::Settings;
+
+#[derive(Debug, Parser)]
+#[command(name = "cellfleet", version, about = "Cell-based fleet manager for multi-tenant SaaS")]
+pub struct Cli {
+    /// Control plane URL.
+    #[arg(long, global = true, env = "CELLFLEET_SERVER", default_value = "http://127.0.0.1:7400")]
+    pub server: String,
+    /// API token.
+    #[arg(long, global = true, env = "CELLFLEET_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the API token (e.g. the bootstrap admin token file).
+    #[arg(long, global = true, env = "CELLFLEET_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane.
+    Serve(ServeArgs),
+    /// Bring up a local control plane on SQLite with a sample fleet registered.
+    Up(up::UpArgs),
+    /// Apply manifests (Region, Cell, Tenant) from files or directories.
+    Apply(ApplyArgs),
+    /// Onboard, inspect and change tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Inspect cells.
+    #[command(subcommand)]
+    Cell(CellCommand),
+    /// Inspect regions.
+    #[command(subcommand)]
+    Region(RegionCommand),
+    /// Manage API tokens (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Read and verify the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Registry database: sqlite://PATH (created if missing) or postgres://…
+    #[arg(long, env = "CELLFLEET_DATABASE_URL", default_value = "sqlite://cellfleet.db")]
+    pub database_url: String,
+    /// Address to listen on.
+    #[arg(long, env = "CELLFLEET_LISTEN", default_value = "127.0.0.1:7400")]
+    pub listen: String,
+    /// Where to write the bootstrap admin token on an empty registry [default: next to a SQLite
+    /// database, else ./cellfleet-admin.token].
+    #[arg(long, env = "CELLFLEET_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// How long archived tenants' data is kept before `tenant delete` is allowed.
+    #[arg(long, env = "CELLFLEET_ARCHIVE_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub archive_retention: Duration,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "CELLFLEET_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Manifest file or directory (its *.yaml / *.yml files); repeatable; `-` reads stdin.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Show what would change and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant and place it.
+    Create(CreateTenantArgs),
+    /// Show one tenant.
+    Get { id: TenantId },
+    /// List tenants (all but deleted, or one state).
+    List {
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Suspend an active tenant.
+    Suspend(TransitionArgs),
+    /// Resume a suspended tenant.
+    Resume(TransitionArgs),
+    /// Archive a tenant (its data is kept for the retention period).
+    Archive(TransitionArgs),
+    /// Delete an archived tenant after its retention has passed.
+    Delete { id: TenantId },
+    /// Explain why a tenant is where it is (or why it is not placed).
+    Explain { id: TenantId },
+    /// The tenant context other platform modules consume.
+    Context {
+        id: TenantId,
+        #[arg(long, default_value = "prod")]
+        env: Env,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TransitionArgs {
+    pub id: TenantId,
+    /// Why (recorded in the audit log and on the tenant).
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateTenantArgs {
+    pub id: TenantId,
+    #[arg(long)]
+    pub display_name: String,
+    #[arg(long, default_value = "mt-standard")]
+    pub profile: Profile,
+    /// Allowed regions, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_regions: Vec<RegionName>,
+    /// Allowed jurisdiction (every region of it).
+    #[arg(long)]
+    pub jurisdiction: Option<String>,
+    #[arg(long)]
+    pub preferred_region: Option<RegionName>,
+    /// Environment tier; repeatable [default: prod].
+    #[arg(long = "env")]
+    pub envs: Vec<Env>,
+    #[arg(long)]
+    pub requests_per_second: Option<u32>,
+    #[arg(long)]
+    pub storage_gb: Option<u32>,
+    /// Feature flag NAME=JSON (e.g. newEditor=true); repeatable.
+    #[arg(long = "flag")]
+    pub flags: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CellCommand {
+    List,
+    Get { name: CellName },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegionCommand {
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; the secret is printed once.
+    Create {
+        #[arg(long)]
+        role: Role,
+        /// The cell an agent token is bound to.
+        #[arg(long)]
+        cell: Option<CellName>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    List,
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// The newest audit records.
+    List {
+        /// Only this target and its children (e.g. tenant/acme).
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Re-compute the hash chain; exits non-zero at the first record that does not verify.
+    Verify,
+}
+
+/// Runs the parsed command. Returns the process exit code for outcomes that are not errors
+/// but must still fail a script (a tampered audit log).
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await.map(|()| 0),
+        Command::Up(args) => up::up(args).await.map(|()| 0),
+        command => {
+            let token = match (&cli.token, &cli.token_file) {
+                (Some(t), _) => Some(t.clone()),
+                (None, Some(f)) => Some(read_token_file(f)?),
+                (None, None) => None,
+            };
+            let client = Client::new(&cli.server, token)?;
+            operate(&client, cli.output, command).await
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let server = Server::start(ServerConfig {
+        database_url: args.database_url,
+        listen: args.listen,
+        admin_token_file: args.admin_token_file,
+        settings: Settings {
+            archive_retention: args.archive_retention,
+            ..Settings::default()
+        },
+        max_body_bytes: args.max_body_bytes,
+    })
+    .await?;
+    if let Some(path) = &server.bootstrap_token_file {
+        println!("bootstrap admin token written to {} (mode 0600)", path.display());
+    }
+    println!("cellfleet control plane listening on {}", server.url());
+    server.serve(shutdown_signal()).await
+}
+
+/// Prints `value` as JSON or as the table `render` makes.
+fn show<T: Serialize>(format: Format, value: &T, render: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Format::Table => {
+            let text = render(value);
+            print!("{text}");
+            if !text.ends_with('\n') {
+                println!();
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn operate(client: &Client, format: Format, command: Command) -> anyhow::Result<i32> {
+    match command {
+        Command::Serve(_) | Command::Up(_) => unreachable!("handled by run"),
+        Command::Apply(args) => {
+            let req = ApplyRequest {
+                files: read_manifests(&args.files)?,
+                dry_run: args.dry_run,
+            };
+            let resp: ApplyResponse = client.post("/v1/apply", &req).await?;
+            show(format, &resp, output::apply)?;
+        }
+        Command::Tenant(cmd) => tenant(client, format, cmd).await?,
+        Command::Cell(CellCommand::List) => {
+            show(format, &client.get::<Vec<CellView>>("/v1/cells").await?, |c| output::cells(c))?
+        }
+        Command::Cell(CellCommand::Get { name }) => {
+            show(format, &client.get::<CellView>(&format!("/v1/cells/{name}")).await?, output::cell)?
+        }
+        Command::Region(RegionCommand::List) => {
+            show(format, &client.get::<Vec<RegionView>>("/v1/regions").await?, |r| output::regions(r))?
+        }
+        Command::Token(TokenCommand::Create { role, cell, description }) => {
+            let req = CreateTokenRequest { role, cell, description };
+            show(format, &client.post::<_, TokenCreated>("/v1/tokens", &req).await?, output::token_created)?
+        }
+        Command::Token(TokenCommand::List) => {
+            show(format, &client.get::<Vec<TokenView>>("/v1/tokens").await?, |t| output::tokens(t))?
+        }
+        Command::Token(TokenCommand::Revoke { id }) => {
+            let v: TokenView = client.delete(&format!("/v1/tokens/{id}")).await?;
+            show(format, &v, |v| format!("token {} revoked\n", v.id))?
+        }
+        Command::Audit(AuditCommand::List { target, limit }) => {
+            let mut query = vec![("limit", limit.to_string())];
+            query.extend(target.map(|t| ("target", t)));
+            let records: Vec<AuditRecord> = client.get_query("/v1/audit", &query).await?;
+            show(format, &records, |r| output::audit(r))?
+        }
+        Command::Audit(AuditCommand::Verify) => {
+            let v: AuditVerification = client.get("/v1/audit/verify").await?;
+            show(format, &v, output::verification)?;
+            if !v.ok {
+                return Ok(1);
+            }
+        }
+    }
+    Ok(0)
+}
+
+async fn tenant(client: &Client, format: Format, cmd: TenantCommand) -> anyhow::Result<()> {
+    match cmd {
+        TenantCommand::Create(args) => {
+            let req = CreateTenantRequest {
+                id: args.id.clone(),
+                spec: tenant_spec(args)?,
+            };
+            let v: TenantView = client.post("/v1/tenants", &req).await?;
+            show(format, &v, output::tenant)
+        }
+        TenantCommand::Get { id } => show(format, &client.get::<TenantView>(&format!("/v1/tenants/{id}")).await?, output::tenant),
+        TenantCommand::List { state } => {
+            let query: Vec<(&str, String)> = state.map(|s| ("state", s)).into_iter().collect();
+            let tenants: Vec<TenantView> = client.get_query("/v1/tenants", &query).await?;
+            show(format, &tenants, |t| output::tenants(t))
+        }
+        TenantCommand::Suspend(a) => transition(client, format, "suspend", a).await,
+        TenantCommand::Resume(a) => transition(client, format, "resume", a).await,
+        TenantCommand::Archive(a) => transition(client, format, "archive", a).await,
+        TenantCommand::Delete { id } => {
+            let v: TenantView = client.delete(&format!("/v1/tenants/{id}")).await?;
+            show(format, &v, |v| format!("tenant {} deleted\n", v.id))
+        }
+        TenantCommand::Explain { id } => {
+            show(format, &client.get::<TenantExplain>(&format!("/v1/tenants/{id}/explain")).await?, output::explain)
+        }
+        TenantCommand::Context { id, env } => show(
+            format,
+            &client
+                .get_query::<TenantContext>(&format!("/v1/tenants/{id}/context"), &[("env", env.to_string())])
+                .await?,
+            output::context,
+        ),
+    }
+}
+
+async fn transition(client: &Client, format: Format, verb: &str, a: TransitionArgs) -> anyhow::Result<()> {
+    let body = cellfleet_api::LifecycleRequest { reason: a.reason };
+    let v: TenantView = client.post(&format!("/v1/tenants/{}/{verb}", a.id), &body).await?;
+    show(format, &v, |v| format!("tenant {} is now {}\n", v.id, v.state))
+}
+
+fn tenant_spec(a: CreateTenantArgs) -> anyhow::Result<TenantSpec> {
+    let mut flags = std::collections::BTreeMap::new();
+    for f in &a.flags {
+        let Some((name, value)) = f.split_once('=') else {
+            bail!("--flag {f:?}: expected NAME=VALUE");
+        };
+        let value = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
+        flags.insert(name.to_owned(), value);
+    }
+    Ok(TenantSpec {
+        display_name: a.display_name,
+        profile: a.profile,
+        residency: Residency {
+            allowed_regions: (!a.allowed_regions.is_empty()).then_some(a.allowed_regions),
+            jurisdiction: a.jurisdiction,
+            preferred_region: a.preferred_region,
+        },
+        environments: if a.envs.is_empty() { vec![Env::prod()] } else { a.envs },
+        quotas: Quotas {
+            requests_per_second: a.requests_per_second,
+            storage_gb: a.storage_gb,
+        },
+        flags,
+        slo: None,
+    })
+}
+
+/// Reads manifest files; a directory contributes its `*.yaml`/`*.yml` files in name order.
+fn read_manifests(paths: &[PathBuf]) -> anyhow::Result<Vec<ManifestFile>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.as_os_str() == "-" {
+            let mut content = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut content).context("reading stdin")?;
+            files.push(ManifestFile { name: "<stdin>".into(), content });
+        } else if path.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("cannot read directory {}", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect();
+            entries.sort();
+            if entries.is_empty() {
+                bail!("{}: no *.yaml or *.yml files", path.display());
+            }
+            for p in entries {
+                files.push(read_manifest(&p)?);
+            }
+        } else {
+            files.push(read_manifest(path)?);
+        }
+    }
+    Ok(files)
+}
+
+fn read_manifest(path: &std::path::Path) -> anyhow::Result<ManifestFile> {
+    let content = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(ManifestFile {
+        name: path.display().to_string(),
+        content,
+    })
+}

@@ -1,0 +1,259 @@
+//! Tables for people; `-o json` prints the API's JSON unchanged for scripts.
+
+use cellfleet_api::{
+    ApplyOutcome, ApplyResponse, AuditRecord, AuditVerification, CellView, RegionView,
+    TenantContext, TenantExplain, TenantView, TokenCreated, TokenView,
+};
+use comfy_table::presets::NOTHING;
+use comfy_table::{Cell, Table};
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    t.set_header(header.iter().map(|h| Cell::new(h)));
+    t
+}
+
+fn or_dash(s: Option<impl ToString>) -> String {
+    s.map(|s| s.to_string()).unwrap_or_else(|| "-".to_owned())
+}
+
+pub fn regions(regions: &[RegionView]) -> String {
+    let mut t = table(&["NAME", "JURISDICTION", "LAT", "LON", "CELLS"]);
+    for r in regions {
+        t.add_row(vec![
+            r.name.to_string(),
+            r.jurisdiction.clone(),
+            format!("{:.2}", r.location.lat),
+            format!("{:.2}", r.location.lon),
+            r.cells.to_string(),
+        ]);
+    }
+    t.to_string()
+}
+
+pub fn cells(cells: &[CellView]) -> String {
+    let mut t = table(&["NAME", "REGION", "KIND", "ENV", "STATE", "LOAD", "TEMPLATE", "LABELS"]);
+    for c in cells {
+        let labels: Vec<String> = c.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        t.add_row(vec![
+            c.name.to_string(),
+            c.region.to_string(),
+            c.kind.to_string(),
+            c.env.to_string(),
+            c.state.to_string(),
+            format!("{}/{}", c.load, c.capacity),
+            c.template.clone(),
+            if labels.is_empty() { "-".to_owned() } else { labels.join(",") },
+        ]);
+    }
+    t.to_string()
+}
+
+pub fn cell(c: &CellView) -> String {
+    let mut out = cells(std::slice::from_ref(c));
+    out.push_str(&format!("\nendpoint: {}\n", or_dash(c.endpoint.as_ref())));
+    if let Some(w) = &c.change_window {
+        out.push_str(&format!("change window: {} for {}\n", w.schedule, w.duration));
+    }
+    out
+}
+
+pub fn tenants(tenants: &[TenantView]) -> String {
+    let mut t = table(&["ID", "STATE", "PROFILE", "PLACEMENTS", "REASON"]);
+    for v in tenants {
+        let placements: Vec<String> = v.placements.iter().map(|p| format!("{}:{}", p.env, p.cell)).collect();
+        t.add_row(vec![
+            v.id.to_string(),
+            v.state.to_string(),
+            v.spec.profile.to_string(),
+            if placements.is_empty() { "-".to_owned() } else { placements.join(",") },
+            or_dash(v.state_reason.as_ref()),
+        ]);
+    }
+    t.to_string()
+}
+
+pub fn tenant(v: &TenantView) -> String {
+    let mut out = format!(
+        "tenant:       {}\ndisplay name: {}\nstate:        {}\nprofile:      {}\nenvironments: {}\n",
+        v.id,
+        v.spec.display_name,
+        v.state,
+        v.spec.profile,
+        v.spec.environments.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(", "),
+    );
+    if let Some(r) = &v.state_reason {
+        out.push_str(&format!("reason:       {r}\n"));
+    }
+    if let Some(a) = v.archived_at {
+        out.push_str(&format!("archived at:  {a}\n"));
+    }
+    if let Some(d) = v.deletable_after {
+        out.push_str(&format!("deletable after: {d}\n"));
+    }
+    if !v.placements.is_empty() {
+        let mut t = table(&["ENV", "CELL", "REGION", "GENERATION", "PLACED"]);
+        for p in &v.placements {
+            t.add_row(vec![
+                p.env.to_string(),
+                p.cell.to_string(),
+                p.region.to_string(),
+                p.generation.to_string(),
+                p.placed_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&t.to_string());
+        out.push('\n');
+    }
+    out
+}
+
+pub fn explain(e: &TenantExplain) -> String {
+    let mut out = format!("tenant {} is {}", e.tenant, e.state);
+    if let Some(r) = &e.state_reason {
+        out.push_str(&format!(" ({r})"));
+    }
+    out.push('\n');
+    let decisions = e
+        .placements
+        .iter()
+        .map(|p| (&p.decision, Some(p.residency_satisfied)))
+        .chain(e.unplaced.iter().map(|d| (d, None)));
+    for (d, satisfied) in decisions {
+        out.push_str(&format!("\n[{}] {}\n", d.env, d.summary));
+        out.push_str(&format!("  residency: {}", d.residency));
+        match satisfied {
+            Some(true) => out.push_str(" (still satisfied)\n"),
+            Some(false) => out.push_str(" (NOT satisfied by the current residency: move the tenant)\n"),
+            None => out.push_str(" (not placed)\n"),
+        }
+        let mut regions = table(&["  REGION", "DISTANCE KM", "OUTCOME"]);
+        for r in &d.regions {
+            regions.add_row(vec![
+                format!("  {}", r.region),
+                r.distance_km.map(|d| format!("{d:.0}")).unwrap_or_else(|| "-".into()),
+                r.outcome.clone(),
+            ]);
+        }
+        out.push_str(&regions.to_string());
+        out.push('\n');
+        if !d.cells.is_empty() {
+            let mut cells = table(&["  CELL", "SCORE", "LOAD", "OUTCOME"]);
+            for c in &d.cells {
+                cells.add_row(vec![
+                    format!("  {}", c.cell),
+                    format!("{:.3}", c.score),
+                    format!("{}/{}", c.load, c.capacity),
+                    c.outcome.clone(),
+                ]);
+            }
+            out.push_str(&cells.to_string());
+            out.push('\n');
+        }
+    }
+    out
+}
+
+pub fn context(c: &TenantContext) -> String {
+    let i = &c.isolation;
+    format!(
+        "tenant:   {} ({})\nenv:      {}\ncell:     {}\nregion:   {}\nprofile:  {}\nstate:    {}\ngeneration: {}\n\
+         database: {} schema {}{} ({:?})\nobjects:  bucket {} prefix {:?}\nqueue:    {}{}\nsecrets:  {} (key {})\nnetwork:  {} ({} account)\n",
+        c.tenant,
+        c.display_name,
+        c.env,
+        c.cell,
+        c.region,
+        c.profile,
+        c.state,
+        c.generation,
+        i.database.database,
+        i.database.schema,
+        i.database.row_scope.as_ref().map(|r| format!(", rows where tenant_id = {r}")).unwrap_or_default(),
+        i.database.sharing,
+        i.object_store.bucket,
+        i.object_store.prefix,
+        i.queue.queue,
+        i.queue.partition_key.as_ref().map(|k| format!(" partition {k}")).unwrap_or_default(),
+        i.secrets.path,
+        i.secrets.key,
+        i.network.network,
+        i.network.account,
+    )
+}
+
+pub fn apply(r: &ApplyResponse) -> String {
+    let mut out = String::new();
+    for res in &r.results {
+        let verb = match (r.dry_run, res.outcome) {
+            (true, ApplyOutcome::Created) => "would be created",
+            (true, ApplyOutcome::Configured) => "would be configured",
+            (_, o) => o.as_str(),
+        };
+        out.push_str(&format!("{} {} {verb}\n", res.kind, res.name));
+        if r.dry_run {
+            for c in &res.changes {
+                let show = |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "(none)".into());
+                out.push_str(&format!("    {}: {} -> {}\n", c.path, show(&c.from), show(&c.to)));
+            }
+        }
+    }
+    for p in &r.placed {
+        let verb = if r.dry_run { "would be placed" } else { "placed" };
+        out.push_str(&format!("tenant {} ({}) {verb} on {} (generation {})\n", p.tenant, p.env, p.cell, p.generation));
+    }
+    if r.dry_run {
+        out.push_str("dry run: nothing was changed\n");
+    }
+    out
+}
+
+pub fn token_created(t: &TokenCreated) -> String {
+    format!(
+        "token {} ({}{}) created. It is shown only this once:\n{}\n",
+        t.id,
+        t.role,
+        t.cell.as_ref().map(|c| format!(", cell {c}")).unwrap_or_default(),
+        t.token
+    )
+}
+
+pub fn tokens(tokens: &[TokenView]) -> String {
+    let mut t = table(&["ID", "ROLE", "CELL", "CREATED", "BY", "REVOKED", "DESCRIPTION"]);
+    for v in tokens {
+        t.add_row(vec![
+            v.id.clone(),
+            v.role.to_string(),
+            or_dash(v.cell.as_ref()),
+            v.created_at.format("%Y-%m-%d %H:%M").to_string(),
+            v.created_by.clone(),
+            or_dash(v.revoked_at.map(|r| r.format("%Y-%m-%d %H:%M"))),
+            or_dash(v.description.as_ref()),
+        ]);
+    }
+    t.to_string()
+}
+
+pub fn audit(records: &[AuditRecord]) -> String {
+    let mut t = table(&["SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "CORRELATION"]);
+    for r in records {
+        t.add_row(vec![
+            r.seq.to_string(),
+            r.at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            r.actor.clone(),
+            r.action.clone(),
+            r.target.clone(),
+            r.correlation_id.clone(),
+        ]);
+    }
+    t.to_string()
+}
+
+pub fn verification(v: &AuditVerification) -> String {
+    match &v.first_bad {
+        None => format!("audit log intact: {} records verified\n", v.records),
+        Some(bad) => format!("audit log TAMPERED at record {}: {}\n", bad.seq, bad.problem),
+    }
+}

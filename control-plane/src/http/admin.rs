@@ -1,0 +1,98 @@
+//! Tokens, audit, health, metrics and the API description.
+
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::Json;
+use cellfleet_api::{AuditRecord, AuditVerification, CreateTokenRequest, ErrorBody, TokenCreated, TokenView};
+use serde::Deserialize;
+use utoipa::OpenApi;
+
+use super::extract::{ApiJson, ApiQuery, Auth};
+use super::{ApiDoc, ApiError, AppState};
+use crate::auth::Action;
+
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", security(("bearer" = [])), request_body = CreateTokenRequest,
+    responses((status = 201, description = "The secret is in this response only", body = TokenCreated), (status = 400, body = ErrorBody)))]
+pub async fn create_token(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiJson(req): ApiJson<CreateTokenRequest>,
+) -> Result<(axum::http::StatusCode, Json<TokenCreated>), ApiError> {
+    let caller = auth.require(Action::ManageTokens)?;
+    Ok((axum::http::StatusCode::CREATED, Json(state.registry.create_token(&caller, &req).await?)))
+}
+
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", security(("bearer" = [])),
+    responses((status = 200, body = [TokenView])))]
+pub async fn list_tokens(State(state): State<AppState>, auth: Auth) -> Result<Json<Vec<TokenView>>, ApiError> {
+    auth.require(Action::ManageTokens)?;
+    Ok(Json(state.registry.tokens().await?))
+}
+
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Token id (tok_…)")),
+    responses((status = 200, body = TokenView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn revoke_token(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<TokenView>, ApiError> {
+    let caller = auth.require(Action::ManageTokens)?;
+    Ok(Json(state.registry.revoke_token(&caller, &id).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// Only records of this target (e.g. `tenant/acme`) and its children (`tenant/acme/prod`).
+    pub target: Option<String>,
+    /// How many of the newest records (default 100, at most 10000).
+    pub limit: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", security(("bearer" = [])), params(AuditQuery),
+    responses((status = 200, body = [AuditRecord])))]
+pub async fn audit(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> Result<Json<Vec<AuditRecord>>, ApiError> {
+    auth.require(Action::ReadAudit)?;
+    Ok(Json(state.registry.audit(q.target.as_deref(), q.limit.unwrap_or(100)).await?))
+}
+
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", security(("bearer" = [])),
+    responses((status = 200, description = "Verification result (ok=false names the first bad record)", body = AuditVerification)))]
+pub async fn verify_audit(State(state): State<AppState>, auth: Auth) -> Result<Json<AuditVerification>, ApiError> {
+    auth.require(Action::ReadAudit)?;
+    Ok(Json(state.registry.verify_audit().await?))
+}
+
+/// Liveness and database reachability; the only unauthenticated route.
+#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, description = "ok"), (status = 503, description = "database unreachable")))]
+pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.registry.store().read().await {
+        Ok(_) => (axum::http::StatusCode::OK, "ok\n"),
+        Err(e) => {
+            tracing::warn!(error = %e, "health check: database unreachable");
+            (axum::http::StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n")
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "meta", security(("bearer" = [])),
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>, auth: Auth) -> Result<impl IntoResponse, ApiError> {
+    auth.require(Action::ReadMetadata)?;
+    let (tenants, cells) = state.registry.state_counts().await?;
+    let body = state.metrics.render(&tenants, &cells);
+    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body))
+}
+
+#[utoipa::path(get, path = "/openapi.json", tag = "meta", security(("bearer" = [])),
+    responses((status = 200, description = "This document")))]
+pub async fn openapi(auth: Auth) -> Result<impl IntoResponse, ApiError> {
+    auth.require(Action::ReadMetadata)?;
+    Ok(Json(ApiDoc::openapi()))
+}

@@ -1,0 +1,53 @@
+//! Operator routes for regions, cells and `apply`.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use cellfleet_api::{ApplyRequest, ApplyResponse, CellName, CellView, ErrorBody, RegionView};
+
+use super::extract::{ApiJson, Auth};
+use super::{ApiError, AppState, parse_id};
+use crate::auth::Action;
+
+/// Applies manifest files (multi-document YAML of kinds Region, Cell, Tenant).
+#[utoipa::path(post, path = "/v1/apply", tag = "fleet", request_body = ApplyRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "What changed (or would change, with dryRun)", body = ApplyResponse),
+        (status = 403, description = "A document's kind is not allowed for this role", body = ErrorBody),
+        (status = 422, description = "A document is invalid; nothing was written", body = ErrorBody),
+    ))]
+pub async fn apply(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiJson(req): ApiJson<ApplyRequest>,
+) -> Result<Json<ApplyResponse>, ApiError> {
+    let caller = auth.require_any(&[Action::ManageInfrastructure, Action::ManageTenants])?;
+    Ok(Json(state.registry.apply(&caller, auth.principal.role, &req.files, req.dry_run).await?))
+}
+
+#[utoipa::path(get, path = "/v1/regions", tag = "fleet", security(("bearer" = [])),
+    responses((status = 200, body = [RegionView])))]
+pub async fn list_regions(State(state): State<AppState>, auth: Auth) -> Result<Json<Vec<RegionView>>, ApiError> {
+    auth.require(Action::ReadFleet)?;
+    Ok(Json(state.registry.regions().await?))
+}
+
+#[utoipa::path(get, path = "/v1/cells", tag = "fleet", security(("bearer" = [])),
+    responses((status = 200, body = [CellView])))]
+pub async fn list_cells(State(state): State<AppState>, auth: Auth) -> Result<Json<Vec<CellView>>, ApiError> {
+    auth.require(Action::ReadFleet)?;
+    Ok(Json(state.registry.cells().await?))
+}
+
+#[utoipa::path(get, path = "/v1/cells/{name}", tag = "fleet", security(("bearer" = [])),
+    params(("name" = String, Path, description = "Cell name")),
+    responses((status = 200, body = CellView), (status = 404, body = ErrorBody)))]
+pub async fn get_cell(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(name): Path<String>,
+) -> Result<Json<CellView>, ApiError> {
+    auth.require(Action::ReadFleet)?;
+    let name: CellName = parse_id("cell name", &name)?;
+    Ok(Json(state.registry.cell(&name).await?))
+}

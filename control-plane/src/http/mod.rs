@@ -1,0 +1,110 @@
+//! The control plane's HTTP API.
+//!
+//! Routes are grouped by caller: `/v1/…` for operators and SREs (and later `/v1/agent/…` for
+//! cell agents and `/v1/routes/…` for edge proxies), plus `/healthz`, `/metrics` and
+//! `/openapi.json`. Every route but `/healthz` needs a bearer token; each handler is thin:
+//! authorize (the role matrix in [`crate::auth`]) → parse → call the service → respond.
+
+mod admin;
+mod error;
+mod extract;
+mod fleet;
+mod metrics;
+mod tenants;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+pub use error::ApiError;
+pub use extract::CORRELATION_HEADER;
+pub use metrics::Metrics;
+
+use crate::service::Registry;
+
+/// Default limit on request bodies (manifests of a few thousand tenants fit comfortably).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub registry: Registry,
+    pub metrics: Arc<Metrics>,
+    pub max_body_bytes: usize,
+}
+
+impl AppState {
+    pub fn new(registry: Registry) -> Self {
+        AppState {
+            registry,
+            metrics: Arc::new(Metrics::default()),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// The whole API as one router.
+pub fn app(state: AppState) -> Router {
+    let limit = state.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(admin::healthz))
+        .route("/metrics", get(admin::metrics))
+        .route("/openapi.json", get(admin::openapi))
+        .route("/v1/apply", post(fleet::apply))
+        .route("/v1/regions", get(fleet::list_regions))
+        .route("/v1/cells", get(fleet::list_cells))
+        .route("/v1/cells/{name}", get(fleet::get_cell))
+        .route("/v1/tenants", get(tenants::list).post(tenants::create))
+        .route("/v1/tenants/{id}", get(tenants::get).delete(tenants::delete))
+        .route("/v1/tenants/{id}/suspend", post(tenants::suspend))
+        .route("/v1/tenants/{id}/resume", post(tenants::resume))
+        .route("/v1/tenants/{id}/archive", post(tenants::archive))
+        .route("/v1/tenants/{id}/explain", get(tenants::explain))
+        .route("/v1/tenants/{id}/context", get(tenants::context))
+        .route("/v1/tokens", get(admin::list_tokens).post(admin::create_token))
+        .route("/v1/tokens/{id}", axum::routing::delete(admin::revoke_token))
+        .route("/v1/audit", get(admin::audit))
+        .route("/v1/audit/verify", get(admin::verify_audit))
+        .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), extract::observe))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Parses a path segment into a typed id, or a 400 naming what was wrong.
+fn parse_id<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, ApiError>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse().map_err(|e: T::Err| ApiError::BadRequest(format!("invalid {what} {s:?}: {e}")))
+}
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "cellfleet control plane", description = "Places tenants on cells, and serves the fleet registry to operators, SREs, agents and edge proxies."),
+    paths(
+        admin::healthz, admin::metrics, admin::openapi,
+        fleet::apply, fleet::list_regions, fleet::list_cells, fleet::get_cell,
+        tenants::list, tenants::create, tenants::get, tenants::delete, tenants::suspend,
+        tenants::resume, tenants::archive, tenants::explain, tenants::context,
+        admin::create_token, admin::list_tokens, admin::revoke_token,
+        admin::audit, admin::verify_audit,
+    ),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
