@@ -1,1 +1,274 @@
-//! placeholder
+//! The workspace test harness: throwaway databases on both backends and the real `cellfleet`
+//! binary run as a server and as the operator CLI.
+//!
+//! Used by the end-to-end tests in `tests/tests/` and by the control plane's own integration
+//! tests (for [`TestDb`]).
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sqlx::{Connection, Executor};
+
+/// Which registry backend a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL server tests create their databases on.
+pub fn postgres_admin_url() -> String {
+    std::env::var("CELLFLEET_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A database that exists for one test: a SQLite file in a temp dir, or a fresh PostgreSQL
+/// database dropped when the value is dropped.
+#[derive(Debug)]
+pub struct TestDb {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    pg_name: Option<String>,
+}
+
+impl TestDb {
+    pub async fn new(db: Db) -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        match db {
+            Db::Sqlite => TestDb {
+                url: format!("sqlite://{}", dir.path().join("registry.db").display()),
+                dir,
+                pg_name: None,
+            },
+            Db::Postgres => {
+                let name = format!("cf_test_{}", random_suffix());
+                let admin = postgres_admin_url();
+                let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+                    panic!("PostgreSQL is required for the tests ({admin}): {e}; start it (see README) or set CELLFLEET_TEST_POSTGRES_URL")
+                });
+                conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .await
+                    .expect("create test database");
+                let mut url = reqwest::Url::parse(&admin).expect("postgres url");
+                url.set_path(&name);
+                TestDb {
+                    url: url.to_string(),
+                    dir,
+                    pg_name: Some(name),
+                }
+            }
+        }
+    }
+
+    /// A connection of its own to the database (for looking behind the API's back).
+    pub async fn raw(&self) -> sqlx::AnyConnection {
+        sqlx::any::install_default_drivers();
+        sqlx::AnyConnection::connect(&self.url).await.expect("raw connection")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(name) = self.pg_name.take() {
+            // Drop cannot await and the test's runtime may be shutting down: use a thread with a
+            // runtime of its own.
+            let admin = postgres_admin_url();
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+                rt.block_on(async move {
+                    let mut conn = sqlx::PgConnection::connect(&admin).await.ok()?;
+                    conn.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                        .await
+                        .ok()
+                })
+            })
+            .join();
+        }
+    }
+}
+
+fn random_suffix() -> String {
+    let mut bytes = [0u8; 8];
+    rand::fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The `cellfleet` binary of this workspace.
+///
+/// `cargo test --workspace` builds it (the control plane's integration tests need it), so it is
+/// fresh whenever the suite runs the documented way. Building it from here would contend with the
+/// running cargo for the build lock, so a missing or stale binary is an error that says what to
+/// run instead of a silent test of old code.
+pub fn cellfleet_bin() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned();
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let bin = target.join("debug").join("cellfleet");
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).unwrap_or_else(|_| {
+        panic!("{} is missing: run `cargo test --workspace` (or `cargo build -p cellfleet`)", bin.display())
+    });
+    let newest_source = ["control-plane/src", "api/src", "examples/fleet"]
+        .iter()
+        .filter_map(|d| newest_mtime(&root.join(d)))
+        .max();
+    if let Some(src) = newest_source {
+        assert!(
+            built >= src,
+            "{} is older than its sources: run `cargo test --workspace` (or `cargo build -p cellfleet`)",
+            bin.display()
+        );
+    }
+    bin
+}
+
+fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() { newest_mtime(&path) } else { entry.metadata().and_then(|m| m.modified()).ok() };
+        newest = newest.max(t);
+    }
+    newest
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A `cellfleet serve` or `cellfleet up` process this test started; killed on drop.
+#[derive(Debug)]
+pub struct ServerProcess {
+    child: Child,
+    pub url: String,
+    /// What the process printed on stdout before it was ready.
+    pub banner: Vec<String>,
+}
+
+impl ServerProcess {
+    /// Starts `cellfleet ARGS…` listening on a free port (passed as `--listen`) and waits until
+    /// it prints `ready_line` and answers `/healthz`.
+    pub fn start(args: &[&str], ready_line: &str) -> ServerProcess {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut child = Command::new(cellfleet_bin())
+            .args(args)
+            .args(["--listen", &listen])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start cellfleet");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut banner = Vec::new();
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    let done = line.contains(ready_line);
+                    banner.push(line);
+                    if done {
+                        break;
+                    }
+                }
+                _ => {
+                    let _ = child.kill();
+                    panic!("cellfleet exited before it was ready; it printed: {banner:?}");
+                }
+            }
+            assert!(Instant::now() < deadline, "cellfleet not ready in time: {banner:?}");
+        }
+        // Keep draining stdout so the process never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let url = format!("http://{listen}");
+        wait_healthy(&url);
+        ServerProcess { child, url, banner }
+    }
+
+    /// Stops the process (SIGKILL: nothing it does may depend on a clean shutdown).
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_healthy(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if matches!(http_get(url, "/healthz", None), Ok((200, _))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{url}/healthz never answered");
+}
+
+/// A plain HTTP/1.0 GET (no client library: tests must see exactly what the server sends).
+pub fn http_get(base: &str, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The result of one CLI run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+
+    /// Asserts success and returns stdout.
+    pub fn ok(&self) -> &str {
+        assert_eq!(self.code, 0, "command failed: {}", self.stderr);
+        &self.stdout
+    }
+}
+
+/// Runs the operator CLI against `server` with the token in `token_file`.
+pub fn cli(server: &str, token_file: &Path, args: &[&str]) -> Run {
+    cli_with(server, &[("CELLFLEET_TOKEN_FILE", token_file.to_str().expect("utf-8 path"))], args)
+}
+
+/// Runs the operator CLI with extra environment.
+pub fn cli_with(server: &str, env: &[(&str, &str)], args: &[&str]) -> Run {
+    let out: Output = Command::new(cellfleet_bin())
+        .args(args)
+        .env("CELLFLEET_SERVER", server)
+        .env_remove("CELLFLEET_TOKEN")
+        .env_remove("CELLFLEET_TOKEN_FILE")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run cellfleet");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}

@@ -1,6 +1,5 @@
-//! Test support: a throwaway registry on SQLite (a temp file) or PostgreSQL (a fresh database
-//! on the server at `CELLFLEET_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`),
-//! dropped when the test ends, plus `both_backends!` to run one test body on each.
+//! Test support: a registry on a throwaway database (SQLite file or fresh PostgreSQL database,
+//! see `cellfleet_e2e::TestDb`), fixtures, and `both_backends!` to run one test body on each.
 
 #![allow(dead_code)]
 
@@ -9,67 +8,13 @@ use std::time::Duration;
 use cellfleet::service::{Registry, Settings};
 use cellfleet::store::{Backend, Caller, Store};
 use cellfleet_api::{ManifestFile, Role};
-use sqlx::{Connection, Executor};
 
-pub fn postgres_admin_url() -> String {
-    std::env::var("CELLFLEET_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
+pub use cellfleet_e2e::TestDb;
 
-/// A database that exists for one test.
-pub struct TestDb {
-    pub url: String,
-    pg_name: Option<String>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl TestDb {
-    pub async fn new(backend: Backend) -> TestDb {
-        match backend {
-            Backend::Sqlite => {
-                let dir = tempfile::tempdir().expect("temp dir");
-                TestDb {
-                    url: format!("sqlite://{}", dir.path().join("registry.db").display()),
-                    pg_name: None,
-                    _dir: Some(dir),
-                }
-            }
-            Backend::Postgres => {
-                let name = format!("cf_test_{}", uuid::Uuid::new_v4().simple());
-                let admin = postgres_admin_url();
-                let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
-                    panic!("PostgreSQL is required for the tests ({admin}): {e}. Start it (see README) or set CELLFLEET_TEST_POSTGRES_URL")
-                });
-                conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.expect("create test database");
-                let mut url = reqwest::Url::parse(&admin).expect("postgres url");
-                url.set_path(&name);
-                TestDb {
-                    url: url.to_string(),
-                    pg_name: Some(name),
-                    _dir: None,
-                }
-            }
-        }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if let Some(name) = self.pg_name.take() {
-            // Drop the database from a separate thread with its own runtime: Drop cannot await,
-            // and the test's runtime may be shutting down.
-            let admin = postgres_admin_url();
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-                rt.block_on(async move {
-                    let mut conn = sqlx::PgConnection::connect(&admin).await.ok()?;
-                    conn.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                        .await
-                        .ok()
-                })
-            })
-            .join();
-        }
+fn db_kind(backend: Backend) -> cellfleet_e2e::Db {
+    match backend {
+        Backend::Sqlite => cellfleet_e2e::Db::Sqlite,
+        Backend::Postgres => cellfleet_e2e::Db::Postgres,
     }
 }
 
@@ -85,7 +30,7 @@ impl TestRegistry {
     }
 
     pub async fn with_settings(backend: Backend, settings: Settings) -> TestRegistry {
-        let db = TestDb::new(backend).await;
+        let db = TestDb::new(db_kind(backend)).await;
         let store = Store::connect(&db.url).await.expect("open registry");
         TestRegistry {
             registry: Registry::new(store, settings),
@@ -102,8 +47,7 @@ impl TestRegistry {
 
     /// A second, independent connection to the same database (for tampering).
     pub async fn raw(&self) -> sqlx::AnyConnection {
-        sqlx::any::install_default_drivers();
-        sqlx::AnyConnection::connect(&self.db.url).await.expect("raw connection")
+        self.db.raw().await
     }
 }
 
