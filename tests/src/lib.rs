@@ -109,28 +109,20 @@ pub fn cellfleet_bin() -> PathBuf {
     let built = std::fs::metadata(&bin).and_then(|m| m.modified()).unwrap_or_else(|_| {
         panic!("{} is missing: run `cargo test --workspace` (or `cargo build -p cellfleet`)", bin.display())
     });
-    let newest_source = ["control-plane/src", "api/src", "examples/fleet"]
-        .iter()
-        .filter_map(|d| newest_mtime(&root.join(d)))
-        .max();
-    if let Some(src) = newest_source {
-        assert!(
-            built >= src,
-            "{} is older than its sources: run `cargo test --workspace` (or `cargo build -p cellfleet`)",
-            bin.display()
-        );
+    // Cargo's dep-info next to the binary lists exactly the sources it was built from.
+    let dep_info = std::fs::read_to_string(bin.with_extension("d")).unwrap_or_default();
+    let sources = dep_info.split_once(": ").map(|(_, deps)| deps).unwrap_or("");
+    for source in sources.split_whitespace().filter(|s| !s.ends_with('\\')) {
+        let changed = std::fs::metadata(source).and_then(|m| m.modified());
+        if let Ok(changed) = changed {
+            assert!(
+                built >= changed,
+                "{} is older than {source}: run `cargo test --workspace` (or `cargo build -p cellfleet`)",
+                bin.display()
+            );
+        }
     }
     bin
-}
-
-fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
-    let mut newest = None;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        let t = if path.is_dir() { newest_mtime(&path) } else { entry.metadata().and_then(|m| m.modified()).ok() };
-        newest = newest.max(t);
-    }
-    newest
 }
 
 /// A free TCP port on 127.0.0.1.
