@@ -530,73 +530,61 @@ pub struct PlannedMove {
 pub struct Placed {
     pub tenant: TenantId,
     pub env: Env,
+    pub profile: Profile,
+    pub residency: Residency,
     pub cell: CellName,
 }
 
-/// Plans the moves that would even out each pooled pool: every ready cell below its
-/// capacity-weighted share of the pool's load is filled up to that share with the tenants that
-/// score highest for it, taken only from cells above their share. Nothing moves across regions or
-/// envs (residency is preserved by construction), nothing moves into a full cell, and a balanced
-/// pool yields no moves. After adding one empty cell to a balanced pool of `n`, about `1/(n+1)` of
-/// the pool's tenants move, all onto the new cell.
-pub fn rebalance_plan(fleet: &Fleet, placed: &[Placed]) -> Vec<PlannedMove> {
-    let mut by_pool: BTreeMap<(RegionName, Env), Vec<&Placed>> = BTreeMap::new();
-    for p in placed {
-        if let Some(cell) = fleet.cell(&p.cell)
-            && cell.kind == CellKind::Pooled
-        {
-            by_pool.entry((cell.region.clone(), p.env.clone())).or_default().push(p);
-        }
+/// Plans a rebalance onto the cells in `onto` (typically the cells added since the tenants were
+/// placed) by *replaying* every placement, in the order the placements were made, against the
+/// fleet as it is now (loads starting from zero):
+///
+/// - a tenant whose replayed choice is a cell in `onto` moves there;
+/// - any other tenant stays where it is while its cell is ready and within its capacity (the
+///   balanced-load bound steers new placements; it never evicts a placed tenant), and moves to its
+///   replayed choice only when the cell cannot keep it (it shrank or stopped being ready).
+///
+/// With an unchanged fleet (and nothing in `onto`) the plan is empty. After a cell is added, the
+/// tenants that now prefer it move there, about its share of the pool's capacity (`1/(n+1)` for
+/// equal cells), and nothing else moves. Replay runs the same residency rules as placement, so a
+/// plan never moves data to a region the tenant does not allow; a tenant the replay cannot place
+/// stays where it is.
+pub fn rebalance_plan(fleet: &Fleet, policy: &Policy, placed: &[Placed], onto: &[CellName]) -> Vec<PlannedMove> {
+    let mut replay = fleet.clone();
+    for slot in &mut replay.slots {
+        slot.info.load = 0;
     }
     let mut moves = Vec::new();
-    for ((region, env), tenants) in by_pool {
-        let cells: Vec<usize> = fleet.ready_pool(&region, &env, CellKind::Pooled).collect();
-        let capacity: u64 = cells.iter().map(|i| u64::from(fleet.slots[*i].info.capacity)).sum();
-        let total = tenants.len() as f64;
-        let mut load: HashMap<&CellName, i64> = HashMap::new();
-        for t in &tenants {
-            *load.entry(&t.cell).or_default() += 1;
-        }
-        let target = |i: usize| -> i64 {
-            (total * f64::from(fleet.slots[i].info.capacity) / capacity.max(1) as f64).floor() as i64
+    for p in placed {
+        let chosen = match replay.place(policy, &p.tenant, p.profile, &p.residency, &p.env) {
+            Ok(d) if onto.contains(&d.cell) => d.cell,
+            Ok(d) if !replay.can_keep(&p.cell) => d.cell,
+            Ok(_) | Err(NoRoom(_)) => p.cell.clone(),
         };
-        let mut moved: HashMap<&TenantId, ()> = HashMap::new();
-        for &under in &cells {
-            let under_info = &fleet.slots[under].info;
-            let need = target(under) - load.get(&under_info.name).copied().unwrap_or(0);
-            if need <= 0 {
-                continue;
-            }
-            let mut wanting: Vec<(f64, &Placed)> = tenants
-                .iter()
-                .filter(|t| t.cell != under_info.name && !moved.contains_key(&t.tenant))
-                .map(|t| (score(stable_hash(t.tenant.as_str()), fleet.slots[under].hash, weight(under_info)), *t))
-                .collect();
-            wanting.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.tenant.cmp(&b.1.tenant)));
-            let mut filled = 0;
-            for (_, t) in wanting {
-                if filled >= need {
-                    break;
-                }
-                let Some(&from) = fleet.by_name.get(&t.cell) else { continue };
-                let from_load = load.get(&t.cell).copied().unwrap_or(0);
-                if from_load <= target(from) {
-                    continue;
-                }
-                *load.entry(&t.cell).or_default() -= 1;
-                *load.entry(&under_info.name).or_default() += 1;
-                moved.insert(&t.tenant, ());
-                moves.push(PlannedMove {
-                    tenant: t.tenant.clone(),
-                    env: t.env.clone(),
-                    from: t.cell.clone(),
-                    to: under_info.name.clone(),
-                });
-                filled += 1;
-            }
+        replay.assign(&chosen);
+        if chosen != p.cell {
+            moves.push(PlannedMove {
+                tenant: p.tenant.clone(),
+                env: p.env.clone(),
+                from: p.cell.clone(),
+                to: chosen,
+            });
         }
     }
     moves
+}
+
+impl Fleet {
+    /// Whether a cell can keep one more tenant it already holds: ready and below capacity.
+    fn can_keep(&self, cell: &CellName) -> bool {
+        self.cell(cell).is_some_and(|c| {
+            let limit = match c.kind {
+                CellKind::Pooled => c.capacity,
+                CellKind::Dedicated => 1,
+            };
+            c.state == CellState::Ready && c.load < limit
+        })
+    }
 }
 
 #[cfg(test)]
