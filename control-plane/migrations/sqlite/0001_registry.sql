@@ -34,9 +34,12 @@ CREATE TABLE tenants (
     spec         TEXT NOT NULL,
     created_at   INTEGER NOT NULL,
     updated_at   INTEGER NOT NULL,
-    archived_at  INTEGER
+    archived_at  INTEGER,
+    -- 1 while some environment still waits for a placement (drafts, new envs).
+    pending      INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX tenants_state ON tenants(state);
+CREATE INDEX tenants_pending ON tenants(pending);
 
 CREATE TABLE placements (
     tenant_id   TEXT NOT NULL REFERENCES tenants(id),

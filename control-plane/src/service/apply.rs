@@ -12,7 +12,7 @@
 //! keeps its profile, its environments and a residency that still allows where it is. Those need
 //! a planned move (SPEC §9).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use cellfleet_api::{
     ApplyOutcome, ApplyResponse, ApplyResult, CellName, CellSpec, CellState, ManifestFile,
@@ -72,7 +72,19 @@ impl Registry {
             };
             results.push(result);
         }
-        let placed = self.place_pending(&mut tx).await?;
+        // New room (a region or cell changed) may fit any waiting tenant; otherwise only the
+        // tenants this apply touched can have become placeable.
+        let infrastructure_changed = results
+            .iter()
+            .any(|r| r.kind != "Tenant" && r.outcome != ApplyOutcome::Unchanged);
+        let touched: Vec<TenantId> = results
+            .iter()
+            .filter(|r| r.kind == "Tenant" && r.outcome != ApplyOutcome::Unchanged)
+            .filter_map(|r| r.name.parse().ok())
+            .collect();
+        let placed = self
+            .place_pending(&mut tx, (!infrastructure_changed).then_some(touched.as_slice()))
+            .await?;
         if !dry_run {
             tx.commit().await?;
         }
@@ -84,29 +96,25 @@ impl Registry {
         })
     }
 
-    /// Places every tenant that has an environment without a placement.
-    pub(super) async fn place_pending(&self, tx: &mut Tx) -> Result<Vec<cellfleet_api::PlacedTenant>> {
+    /// Places tenants with an environment still waiting for a placement: every such tenant, or
+    /// only those in `only` (a mutation that added no room cannot help the others).
+    pub(super) async fn place_pending(
+        &self,
+        tx: &mut Tx,
+        only: Option<&[TenantId]>,
+    ) -> Result<Vec<cellfleet_api::PlacedTenant>> {
+        let candidates: Vec<TenantRow> = store::pending_tenants(tx.conn())
+            .await?
+            .into_iter()
+            .filter(|t| only.is_none_or(|ids| ids.contains(&t.id)))
+            .collect();
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut fleet = store::fleet_snapshot(tx.conn()).await?;
-        let placements = store::list_placements(tx.conn()).await?;
-        let mut by_tenant: HashMap<&TenantId, Vec<&store::PlacementRow>> = HashMap::new();
-        for p in &placements {
-            by_tenant.entry(&p.tenant).or_default().push(p);
-        }
-        let mut candidates = Vec::new();
-        for state in [TenantState::Draft, TenantState::Active] {
-            for t in store::list_tenants(tx.conn(), Some(state)).await? {
-                let have = by_tenant.get(&t.id).map(Vec::len).unwrap_or(0);
-                if have < t.spec.environments.len() {
-                    candidates.push(t);
-                }
-            }
-        }
-        // Oldest first, so a draft waiting for room is served before a newer tenant.
-        candidates.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
         let mut placed = Vec::new();
         for mut t in candidates {
-            let existing: Vec<store::PlacementRow> =
-                by_tenant.get(&t.id).into_iter().flatten().map(|p| (*p).clone()).collect();
+            let existing = store::placements_of(tx.conn(), &t.id).await?;
             placed.extend(place_tenant(tx, &mut fleet, &self.settings.policy, &mut t, &existing).await?);
         }
         Ok(placed)
@@ -267,6 +275,7 @@ pub(super) async fn apply_tenant(
                 created_at: tx.now,
                 updated_at: tx.now,
                 archived_at: None,
+                pending: true,
             },
             ApplyOutcome::Created,
         ),
@@ -283,9 +292,12 @@ pub(super) async fn apply_tenant(
         }
         Some(t) => {
             refuse_tenant_change(tx, origin, &t, spec).await?;
+            // New environments wait for placements.
+            let pending = t.pending || spec.environments.iter().any(|e| !t.spec.environments.contains(e));
             let row = TenantRow {
                 spec: spec.clone(),
                 updated_at: tx.now,
+                pending,
                 ..t
             };
             (row, ApplyOutcome::Configured)

@@ -21,6 +21,7 @@ pub(super) async fn place_tenant(
     placed: &[PlacementRow],
 ) -> Result<Vec<PlacedTenant>> {
     if !matches!(tenant.state, TenantState::Draft | TenantState::Active) {
+        // Suspended tenants keep waiting; archived and deleted ones are never placed again.
         return Ok(Vec::new());
     }
     let missing: Vec<_> = tenant
@@ -77,16 +78,16 @@ pub(super) async fn place_tenant(
         });
     }
     let was = tenant.state;
+    tenant.pending = false;
     if was == TenantState::Draft {
         tenant.state = next_state(was, Transition::Activate).map_err(|e| super::Error::Conflict(e.to_string()))?;
     }
-    if was != tenant.state || tenant.state_reason.is_some() {
-        tenant.state_reason = None;
-        tenant.updated_at = tx.now;
-        store::put_tenant(tx.conn(), tenant).await?;
-        let action = if was == TenantState::Draft { "tenant.activate" } else { "tenant.placed" };
-        tx.audit(action, &target(tenant), json!({ "from": was, "to": tenant.state })).await?;
-    }
+    // Always written: `pending` changed at least.
+    tenant.state_reason = None;
+    tenant.updated_at = tx.now;
+    store::put_tenant(tx.conn(), tenant).await?;
+    let action = if was == TenantState::Draft { "tenant.activate" } else { "tenant.placed" };
+    tx.audit(action, &target(tenant), json!({ "from": was, "to": tenant.state })).await?;
     Ok(out)
 }
 

@@ -27,7 +27,7 @@ impl Registry {
         let mut tx = self.store.begin(caller).await?;
         let created = apply_tenant(&mut tx, &origin, id, spec, true).await?;
         debug_assert_eq!(created.outcome, ApplyOutcome::Created);
-        self.place_pending(&mut tx).await?;
+        self.place_pending(&mut tx, Some(std::slice::from_ref(id))).await?;
         let view = self.tenant_in(&mut tx, id).await?;
         tx.commit().await?;
         Ok(view)
@@ -84,11 +84,15 @@ impl Registry {
         t.state_reason = reason.clone().filter(|r| !r.trim().is_empty());
         let mut payload = json!({ "from": from, "to": to, "reason": reason });
         match transition {
-            Transition::Archive => t.archived_at = Some(tx.now),
+            Transition::Archive => {
+                t.archived_at = Some(tx.now);
+                t.pending = false;
+            }
             Transition::Delete => {
                 // The tenant's data is gone once its retention has passed; its placements free
                 // their cells. The row stays as a tombstone so the id is never reused.
                 let removed = store::delete_placements(tx.conn(), id).await?;
+                t.pending = false;
                 payload["placementsRemoved"] = json!(removed);
             }
             _ => {}
@@ -97,7 +101,7 @@ impl Registry {
         tx.audit(&format!("tenant.{}", transition.verb()), &target(&t), payload).await?;
         if transition == Transition::Delete {
             // Freed capacity may let a waiting draft in.
-            self.place_pending(&mut tx).await?;
+            self.place_pending(&mut tx, None).await?;
         }
         let view = self.tenant_in(&mut tx, id).await?;
         tx.commit().await?;

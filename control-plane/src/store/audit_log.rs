@@ -18,43 +18,66 @@ pub struct AuditEntry {
     pub payload: serde_json::Value,
 }
 
-/// Appends `entry` after the current head. The caller holds the mutation lock (see the store's
-/// module docs), so reading the head and writing the next record cannot interleave with another
-/// writer.
-pub(super) async fn append(conn: &mut AnyConnection, entry: AuditEntry) -> Result<()> {
-    let (seq, prev_hash) = audit_head(conn).await?;
-    let mut record = StoredRecord {
-        seq: seq + 1,
-        at_ms: millis(entry.at),
-        actor: entry.actor,
-        action: entry.action,
-        target: entry.target,
-        correlation_id: entry.correlation_id,
-        payload: entry.payload.to_string(),
-        prev_hash,
-        hash: String::new(),
-    };
-    record.hash = record_hash(&record);
-    conn.execute(
-        sqlx::query(
-            "INSERT INTO audit_log (seq, at, actor, action, target, correlation_id, payload, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(record.seq)
-        .bind(record.at_ms)
-        .bind(record.actor)
-        .bind(record.action)
-        .bind(record.target)
-        .bind(record.correlation_id)
-        .bind(record.payload)
-        .bind(record.prev_hash)
-        .bind(record.hash.clone()),
-    )
-    .await?;
+/// Appends `entries` after the current head, in order. The caller holds the mutation lock (see
+/// the store's module docs), so reading the head and writing the next records cannot interleave
+/// with another writer. Rows go in multi-row INSERTs to keep a large apply to a few round trips.
+pub(super) async fn append(conn: &mut AnyConnection, entries: Vec<AuditEntry>) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let (mut seq, mut prev_hash) = audit_head(conn).await?;
+    let mut records = Vec::with_capacity(entries.len());
+    for entry in entries {
+        seq += 1;
+        let mut record = StoredRecord {
+            seq,
+            at_ms: millis(entry.at),
+            actor: entry.actor,
+            action: entry.action,
+            target: entry.target,
+            correlation_id: entry.correlation_id,
+            payload: entry.payload.to_string(),
+            prev_hash,
+            hash: String::new(),
+        };
+        record.hash = record_hash(&record);
+        prev_hash = record.hash.clone();
+        records.push(record);
+    }
+    // 9 parameters a row; 500 rows stay far below both backends' parameter limits.
+    for chunk in records.chunks(500) {
+        let mut sql = String::from(
+            "INSERT INTO audit_log (seq, at, actor, action, target, correlation_id, payload, prev_hash, hash) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let b = i * 9;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9
+            ));
+        }
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for r in chunk {
+            query = query
+                .bind(r.seq)
+                .bind(r.at_ms)
+                .bind(r.actor.clone())
+                .bind(r.action.clone())
+                .bind(r.target.clone())
+                .bind(r.correlation_id.clone())
+                .bind(r.payload.clone())
+                .bind(r.prev_hash.clone())
+                .bind(r.hash.clone());
+        }
+        conn.execute(query).await?;
+    }
     conn.execute(
         sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
-            .bind(record.seq)
-            .bind(record.hash),
+            .bind(seq)
+            .bind(prev_hash),
     )
     .await?;
     Ok(())

@@ -194,6 +194,7 @@ impl Store {
             _guard: guard,
             now: Utc::now(),
             caller: caller.clone(),
+            audit: Vec::new(),
         })
     }
 
@@ -235,6 +236,8 @@ pub struct Tx {
     /// The time of the mutation: every row it writes carries this one instant.
     pub now: DateTime<Utc>,
     pub caller: Caller,
+    /// Audit records of this mutation, appended to the chain in one batch at commit.
+    audit: Vec<AuditEntry>,
 }
 
 impl Tx {
@@ -242,27 +245,31 @@ impl Tx {
         &mut self.tx
     }
 
-    pub async fn commit(self) -> Result<()> {
+    /// Appends this mutation's audit records to the chain, then commits both together.
+    pub async fn commit(mut self) -> Result<()> {
+        let entries = std::mem::take(&mut self.audit);
+        audit_log::append(&mut self.tx, entries).await?;
         self.tx.commit().await?;
         Ok(())
     }
 
-    /// Appends an audit record for this mutation (see [`audit_log`]).
+    /// Records an audit entry for this mutation; it is written, chained, in the same transaction
+    /// at [`Tx::commit`] (never, if the mutation rolls back).
     pub async fn audit(
         &mut self,
         action: &str,
         target: &str,
         payload: serde_json::Value,
     ) -> Result<()> {
-        let entry = AuditEntry {
+        self.audit.push(AuditEntry {
             at: self.now,
             actor: self.caller.actor.clone(),
             action: action.to_owned(),
             target: target.to_owned(),
             correlation_id: self.caller.correlation_id.clone(),
             payload,
-        };
-        audit_log::append(&mut self.tx, entry).await
+        });
+        Ok(())
     }
 }
 

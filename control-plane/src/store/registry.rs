@@ -47,6 +47,8 @@ pub struct TenantRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub archived_at: Option<DateTime<Utc>>,
+    /// Some environment still waits for a placement.
+    pub pending: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -189,7 +191,7 @@ pub async fn upsert_cell(
 // Tenants
 
 const TENANT_COLUMNS: &str =
-    "SELECT id, state, state_reason, spec, created_at, updated_at, archived_at FROM tenants";
+    "SELECT id, state, state_reason, spec, created_at, updated_at, archived_at, pending FROM tenants";
 
 fn tenant_row(row: &AnyRow) -> Result<TenantRow> {
     let id: String = row.try_get("id")?;
@@ -201,7 +203,19 @@ fn tenant_row(row: &AnyRow) -> Result<TenantRow> {
         created_at: from_millis(row.try_get("created_at")?),
         updated_at: from_millis(row.try_get("updated_at")?),
         archived_at: row.try_get::<Option<i64>, _>("archived_at")?.map(from_millis),
+        pending: row.try_get::<i64, _>("pending")? != 0,
     })
+}
+
+/// Tenants with an environment waiting for a placement, oldest first (so a draft waiting for
+/// room is served before a newer tenant).
+pub async fn pending_tenants(conn: &mut AnyConnection) -> Result<Vec<TenantRow>> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{TENANT_COLUMNS} WHERE pending = 1 ORDER BY created_at, id"
+    )))
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(tenant_row).collect()
 }
 
 /// Tenants, optionally only those in `state`, ordered by id.
@@ -237,11 +251,12 @@ pub async fn get_tenant(conn: &mut AnyConnection, id: &TenantId) -> Result<Optio
 pub async fn put_tenant(conn: &mut AnyConnection, t: &TenantRow) -> Result<()> {
     conn.execute(
         sqlx::query(
-            "INSERT INTO tenants (id, state, state_reason, spec, created_at, updated_at, archived_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+            "INSERT INTO tenants (id, state, state_reason, spec, created_at, updated_at, archived_at, pending) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (id) DO UPDATE SET state = excluded.state, \
              state_reason = excluded.state_reason, spec = excluded.spec, \
-             updated_at = excluded.updated_at, archived_at = excluded.archived_at",
+             updated_at = excluded.updated_at, archived_at = excluded.archived_at, \
+             pending = excluded.pending",
         )
         .bind(t.id.to_string())
         .bind(t.state.as_str())
@@ -249,7 +264,8 @@ pub async fn put_tenant(conn: &mut AnyConnection, t: &TenantRow) -> Result<()> {
         .bind(canonical(&t.spec))
         .bind(millis(t.created_at))
         .bind(millis(t.updated_at))
-        .bind(t.archived_at.map(millis)),
+        .bind(t.archived_at.map(millis))
+        .bind(i64::from(t.pending)),
     )
     .await?;
     Ok(())
