@@ -103,9 +103,9 @@ impl Registry {
             // Freed capacity may let a waiting draft in.
             self.place_pending(&mut tx, None).await?;
         }
-        let view = self.tenant_in(&mut tx, id).await?;
+        let placements = store::placements_of(tx.conn(), id).await?;
         tx.commit().await?;
-        Ok(view)
+        Ok(tenant_view(t, &placements, self.settings.archive_retention))
     }
 
     async fn load_for_change(&self, tx: &mut Tx, id: &TenantId) -> Result<TenantRow> {
