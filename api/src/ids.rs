@@ -120,7 +120,17 @@ impl Env {
 /// The generation of a placement: increases every time a `(tenant, env)` changes cell, so agents
 /// and routers can reject anything older than what they have seen.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(transparent)]
 pub struct Generation(pub i64);

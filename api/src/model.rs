@@ -173,7 +173,9 @@ impl CellSpec {
 
     /// The template the cell is built from: as declared, else the one named after its kind.
     pub fn effective_template(&self) -> String {
-        self.template.clone().unwrap_or_else(|| self.kind.as_str().to_owned())
+        self.template
+            .clone()
+            .unwrap_or_else(|| self.kind.as_str().to_owned())
     }
 }
 

@@ -7,6 +7,9 @@
 //!
 //! Run: `cargo bench -p cellfleet --bench api_load`
 
+// A panic in a test or benchmark is a failed assertion, not a crash on user input.
+#![allow(clippy::unwrap_used)]
+
 use std::time::{Duration, Instant};
 
 use cellfleet::server::{Server, ServerConfig};
@@ -44,7 +47,9 @@ fn fleet() -> String {
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1).min(sorted.len() - 1)]
+    sorted[((sorted.len() as f64 * p).ceil() as usize)
+        .saturating_sub(1)
+        .min(sorted.len() - 1)]
 }
 
 async fn run(db: Db) -> anyhow::Result<()> {
@@ -64,15 +69,32 @@ async fn run(db: Db) -> anyhow::Result<()> {
         let _ = stop_rx.await;
     }));
     let token = std::fs::read_to_string(&token_file)?.trim().to_owned();
-    let http = reqwest::Client::builder().pool_max_idle_per_host(CLIENTS).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(CLIENTS)
+        .build()?;
     let apply = |content: String| {
         let http = http.clone();
         let base = base.clone();
         let token = token.clone();
         async move {
-            let req = ApplyRequest { files: vec![ManifestFile { name: "bench.yaml".into(), content }], dry_run: false };
-            let resp = http.post(format!("{base}/v1/apply")).bearer_auth(&token).json(&req).send().await?;
-            anyhow::ensure!(resp.status().is_success(), "apply failed: {}", resp.text().await?);
+            let req = ApplyRequest {
+                files: vec![ManifestFile {
+                    name: "bench.yaml".into(),
+                    content,
+                }],
+                dry_run: false,
+            };
+            let resp = http
+                .post(format!("{base}/v1/apply"))
+                .bearer_auth(&token)
+                .json(&req)
+                .send()
+                .await?;
+            anyhow::ensure!(
+                resp.status().is_success(),
+                "apply failed: {}",
+                resp.text().await?
+            );
             Ok::<ApplyResponse, anyhow::Error>(resp.json().await?)
         }
     };
@@ -122,7 +144,11 @@ async fn run(db: Db) -> anyhow::Result<()> {
     let t = Instant::now();
     let resp = apply(manifest).await?;
     let onboard = t.elapsed();
-    anyhow::ensure!(resp.placed.len() == ONBOARD, "placed {} of {ONBOARD}", resp.placed.len());
+    anyhow::ensure!(
+        resp.placed.len() == ONBOARD,
+        "placed {} of {ONBOARD}",
+        resp.placed.len()
+    );
 
     println!(
         "| {db:?} | {n} mutations, {CLIENTS} clients | p50 {:.1} ms | p99 {:.1} ms | max {:.1} ms | {:.0} req/s | apply of {ONBOARD} tenants: {:.2} s = {:.0} tenants/s |",
@@ -140,7 +166,10 @@ async fn run(db: Db) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     cellfleet::cli::install_crypto_provider();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     println!("| backend | load | p50 | p99 | max | throughput | onboarding |");
     println!("|---|---|---|---|---|---|---|");
     rt.block_on(async {

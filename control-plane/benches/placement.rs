@@ -4,10 +4,15 @@
 //!
 //! Run: `cargo bench -p cellfleet --bench placement`
 
+// A panic in a test or benchmark is a failed assertion, not a crash on user input.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Instant;
 
 use cellfleet::placement::{CellInfo, Fleet, Placed, Policy, RegionInfo, rebalance_plan};
-use cellfleet_api::{CellKind, CellName, CellState, Env, Location, Profile, RegionName, Residency, TenantId};
+use cellfleet_api::{
+    CellKind, CellName, CellState, Env, Location, Profile, RegionName, Residency, TenantId,
+};
 
 const REGIONS: [(&str, &str, f64, f64); 10] = [
     ("eu-west-1", "eu", 53.35, -6.26),
@@ -29,7 +34,10 @@ fn fleet() -> Fleet {
     let mut fleet = Fleet::new(REGIONS.iter().map(|(n, j, lat, lon)| RegionInfo {
         name: RegionName::new(*n).unwrap(),
         jurisdiction: (*j).to_owned(),
-        location: Location { lat: *lat, lon: *lon },
+        location: Location {
+            lat: *lat,
+            lon: *lon,
+        },
     }));
     for (r, _, _, _) in REGIONS {
         for i in 0..CELLS_PER_REGION {
@@ -59,11 +67,18 @@ fn tenants() -> Vec<(TenantId, Residency)> {
             let (region, jurisdiction, _, _) = REGIONS[i % REGIONS.len()];
             let preferred = Some(RegionName::new(region).unwrap());
             let residency = if i % 2 == 0 {
-                Residency { allowed_regions: None, jurisdiction: Some(jurisdiction.to_owned()), preferred_region: preferred }
+                Residency {
+                    allowed_regions: None,
+                    jurisdiction: Some(jurisdiction.to_owned()),
+                    preferred_region: preferred,
+                }
             } else {
                 let neighbour = REGIONS[(i + 1) % REGIONS.len()].0;
                 Residency {
-                    allowed_regions: Some(vec![RegionName::new(region).unwrap(), RegionName::new(neighbour).unwrap()]),
+                    allowed_regions: Some(vec![
+                        RegionName::new(region).unwrap(),
+                        RegionName::new(neighbour).unwrap(),
+                    ]),
                     jurisdiction: None,
                     preferred_region: preferred,
                 }
@@ -109,19 +124,45 @@ fn main() {
     let before = rebalance_plan(&fleet, &policy, &placed, &[]).len();
     fleet.add_cell(cell("eu-west-1-pool-new", "eu-west-1", CAPACITY));
     let started = Instant::now();
-    let plan = rebalance_plan(&fleet, &policy, &placed, &[CellName::new("eu-west-1-pool-new").unwrap()]);
+    let plan = rebalance_plan(
+        &fleet,
+        &policy,
+        &placed,
+        &[CellName::new("eu-west-1-pool-new").unwrap()],
+    );
     let plan_time = started.elapsed().as_secs_f64();
-    let onto_new = plan.iter().filter(|m| m.to.as_str() == "eu-west-1-pool-new").count();
-    let pool_tenants = placed.iter().filter(|p| p.cell.as_str().starts_with("eu-west-1-")).count();
-    let cross_region = plan.iter().filter(|m| !m.to.as_str().starts_with("eu-west-1-") || !m.from.as_str().starts_with("eu-west-1-")).count();
+    let onto_new = plan
+        .iter()
+        .filter(|m| m.to.as_str() == "eu-west-1-pool-new")
+        .count();
+    let pool_tenants = placed
+        .iter()
+        .filter(|p| p.cell.as_str().starts_with("eu-west-1-"))
+        .count();
+    let cross_region = plan
+        .iter()
+        .filter(|m| {
+            !m.to.as_str().starts_with("eu-west-1-") || !m.from.as_str().starts_with("eu-west-1-")
+        })
+        .count();
     let n = REGIONS.len() * CELLS_PER_REGION;
 
-    println!("placement: {TENANTS} tenants onto {n} cells in {} regions (capacity {CAPACITY}, balance factor {})", REGIONS.len(), policy.balance_factor);
+    println!(
+        "placement: {TENANTS} tenants onto {n} cells in {} regions (capacity {CAPACITY}, balance factor {})",
+        REGIONS.len(),
+        policy.balance_factor
+    );
     println!("| measure | value | target |");
     println!("|---|---|---|");
-    println!("| total time (median of 5) | {:.3} s (min {:.3}, max {:.3}) | ≤ 0.5 s |", timings[2], timings[0], timings[4]);
+    println!(
+        "| total time (median of 5) | {:.3} s (min {:.3}, max {:.3}) | ≤ 0.5 s |",
+        timings[2], timings[0], timings[4]
+    );
     println!("| max cell load / capacity | {max} / {CAPACITY} (min load {min}) | ≤ capacity |");
-    println!("| fleet max / mean load | {max} / {mean:.1} = {:.3} | ≤ 1.10 |", f64::from(max) / mean);
+    println!(
+        "| fleet max / mean load | {max} / {mean:.1} = {:.3} | ≤ 1.10 |",
+        f64::from(max) / mean
+    );
     println!("| rebalance moves before adding a cell | {before} | — |");
     println!(
         "| rebalance after adding 1 cell to eu-west-1 (100 cells) | {} moves ({onto_new} onto the new cell) = {:.4} of the fleet, {:.4} of the region's pool | fleet ≤ 1.5 × 1/(n+1) = {:.4}; pool ideal 1/101 = {:.4} |",

@@ -41,7 +41,10 @@ pub fn record_hash(r: &StoredRecord) -> String {
 
 /// Walks the chain in `seq` order and reports the first record that does not verify. `head` is the
 /// `(seq, hash)` the store recorded for the newest record, which catches removal at the tail.
-pub fn verify(records: impl IntoIterator<Item = StoredRecord>, head: (i64, String)) -> AuditVerification {
+pub fn verify(
+    records: impl IntoIterator<Item = StoredRecord>,
+    head: (i64, String),
+) -> AuditVerification {
     let mut expected_seq = 1;
     let mut prev_hash = String::new();
     let mut count = 0;
@@ -55,7 +58,10 @@ pub fn verify(records: impl IntoIterator<Item = StoredRecord>, head: (i64, Strin
         if r.seq != expected_seq {
             return bad(
                 expected_seq,
-                format!("record {expected_seq} is missing (the next stored record is {})", r.seq),
+                format!(
+                    "record {expected_seq} is missing (the next stored record is {})",
+                    r.seq
+                ),
                 count,
             );
         }
@@ -71,7 +77,14 @@ pub fn verify(records: impl IntoIterator<Item = StoredRecord>, head: (i64, Strin
             );
         }
         if record_hash(&r) != r.hash {
-            return bad(r.seq, format!("record {} was edited: its contents do not match its hash", r.seq), count);
+            return bad(
+                r.seq,
+                format!(
+                    "record {} was edited: its contents do not match its hash",
+                    r.seq
+                ),
+                count,
+            );
         }
         prev_hash = r.hash;
         expected_seq += 1;
@@ -80,7 +93,10 @@ pub fn verify(records: impl IntoIterator<Item = StoredRecord>, head: (i64, Strin
     if head.0 != last || head.1 != prev_hash {
         return bad(
             last + 1,
-            format!("the chain ends at record {last} but the head says {}: the newest records were removed", head.0),
+            format!(
+                "the chain ends at record {last} but the head says {}: the newest records were removed",
+                head.0
+            ),
             count,
         );
     }
@@ -116,7 +132,9 @@ mod tests {
     }
 
     fn head(c: &[StoredRecord]) -> (i64, String) {
-        c.last().map(|r| (r.seq, r.hash.clone())).unwrap_or((0, String::new()))
+        c.last()
+            .map(|r| (r.seq, r.hash.clone()))
+            .unwrap_or((0, String::new()))
     }
 
     #[test]
@@ -177,6 +195,10 @@ mod tests {
         c.truncate(3);
         let bad = verify(c, h).first_bad.unwrap();
         assert_eq!(bad.seq, 4);
-        assert!(bad.problem.contains("newest records were removed"), "{}", bad.problem);
+        assert!(
+            bad.problem.contains("newest records were removed"),
+            "{}",
+            bad.problem
+        );
     }
 }

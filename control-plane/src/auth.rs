@@ -54,7 +54,10 @@ pub fn allows(role: Role, action: Action) -> bool {
     use Action::*;
     match role {
         Role::Admin => true,
-        Role::Sre => matches!(action, ReadFleet | ReadAudit | ReadMetadata | ManageInfrastructure),
+        Role::Sre => matches!(
+            action,
+            ReadFleet | ReadAudit | ReadMetadata | ManageInfrastructure
+        ),
         Role::Operator => matches!(action, ReadFleet | ReadAudit | ReadMetadata | ManageTenants),
         Role::Viewer => matches!(action, ReadFleet | ReadAudit | ReadMetadata),
         // Edge proxies read routes and agents read their own cell's desired state; those routes

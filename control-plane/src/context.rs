@@ -69,7 +69,12 @@ pub fn isolation(tenant: &TenantId, profile: Profile, cell: &CellName) -> Isolat
             network: NetworkIsolation {
                 sharing: Sharing::Dedicated,
                 network: format!("{c}-net"),
-                account: if profile == Profile::StByoc { "customer" } else { "provider" }.to_owned(),
+                account: if profile == Profile::StByoc {
+                    "customer"
+                } else {
+                    "provider"
+                }
+                .to_owned(),
             },
         },
     }
@@ -118,7 +123,11 @@ mod tests {
     #[test]
     fn pooled_and_dedicated_naming_follow_the_spec_table() {
         let t = TenantId::new("acme").unwrap();
-        let pooled = isolation(&t, Profile::MtStandard, &CellName::new("euw1-pool-1").unwrap());
+        let pooled = isolation(
+            &t,
+            Profile::MtStandard,
+            &CellName::new("euw1-pool-1").unwrap(),
+        );
         assert_eq!(pooled.database.sharing, Sharing::Shared);
         assert_eq!(pooled.database.row_scope.as_deref(), Some("acme"));
         assert_eq!(pooled.object_store.prefix, "tenants/acme/");
@@ -134,6 +143,9 @@ mod tests {
         assert_eq!(dedicated.queue.queue, "jobs-acme");
         assert_eq!(dedicated.secrets.key, "kms/euw1-ded-1");
         assert_eq!(dedicated.network.account, "provider");
-        assert_eq!(isolation(&t, Profile::StByoc, &cell).network.account, "customer");
+        assert_eq!(
+            isolation(&t, Profile::StByoc, &cell).network.account,
+            "customer"
+        );
     }
 }

@@ -57,7 +57,10 @@ pub enum LifecycleError {
 }
 
 /// The state after `transition`, or why it is not allowed from `current`.
-pub fn next_state(current: TenantState, transition: Transition) -> Result<TenantState, LifecycleError> {
+pub fn next_state(
+    current: TenantState,
+    transition: Transition,
+) -> Result<TenantState, LifecycleError> {
     let (from, to) = transition.rule();
     if from.contains(&current) {
         Ok(to)
@@ -65,13 +68,20 @@ pub fn next_state(current: TenantState, transition: Transition) -> Result<Tenant
         Err(LifecycleError::Illegal {
             verb: transition.verb(),
             current,
-            allowed: from.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" or "),
+            allowed: from
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(" or "),
         })
     }
 }
 
 /// When an archived tenant's data may be deleted.
-pub fn deletable_after(archived_at: DateTime<Utc>, retention: std::time::Duration) -> DateTime<Utc> {
+pub fn deletable_after(
+    archived_at: DateTime<Utc>,
+    retention: std::time::Duration,
+) -> DateTime<Utc> {
     archived_at + chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX)
 }
 
@@ -133,7 +143,9 @@ mod tests {
         // 25 pairs, 7 legal.
         assert_eq!(refused, 18);
         assert_eq!(
-            next_state(Draft, Transition::Suspend).unwrap_err().to_string(),
+            next_state(Draft, Transition::Suspend)
+                .unwrap_err()
+                .to_string(),
             "cannot suspend a tenant that is draft (only from active)"
         );
     }
@@ -144,9 +156,15 @@ mod tests {
         let day = std::time::Duration::from_secs(86_400);
         let early = archived + chrono::Duration::hours(23);
         let err = check_delete(Archived, Some(archived), day, early).unwrap_err();
-        assert!(matches!(err, LifecycleError::RetentionNotPassed { .. }), "{err}");
+        assert!(
+            matches!(err, LifecycleError::RetentionNotPassed { .. }),
+            "{err}"
+        );
         let late = archived + chrono::Duration::hours(24);
-        assert_eq!(check_delete(Archived, Some(archived), day, late), Ok(Deleted));
+        assert_eq!(
+            check_delete(Archived, Some(archived), day, late),
+            Ok(Deleted)
+        );
         assert!(check_delete(Active, None, day, late).is_err());
     }
 }

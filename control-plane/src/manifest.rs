@@ -139,7 +139,11 @@ pub fn parse(files: &[ManifestFile]) -> Result<Vec<Document>, ManifestError> {
 }
 
 /// Deserializes `value` into `T`, reporting the failing field under `prefix`.
-fn typed<T: DeserializeOwned>(origin: &Origin, prefix: &str, value: serde_json::Value) -> Result<T, ManifestError> {
+fn typed<T: DeserializeOwned>(
+    origin: &Origin,
+    prefix: &str,
+    value: serde_json::Value,
+) -> Result<T, ManifestError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let inner = e.path().to_string();
         let path = match (prefix, inner.as_str()) {
@@ -153,13 +157,19 @@ fn typed<T: DeserializeOwned>(origin: &Origin, prefix: &str, value: serde_json::
 
 fn parse_document(origin: &Origin, value: serde_json::Value) -> Result<Object, ManifestError> {
     if !value.is_object() {
-        return Err(origin.error("", "a manifest document must be a mapping with apiVersion, kind, metadata and spec"));
+        return Err(origin.error(
+            "",
+            "a manifest document must be a mapping with apiVersion, kind, metadata and spec",
+        ));
     }
     let envelope: Envelope = typed(origin, "", value)?;
     if envelope.api_version != API_VERSION {
         return Err(origin.error(
             "apiVersion",
-            format!("unsupported apiVersion {:?} (expected {API_VERSION})", envelope.api_version),
+            format!(
+                "unsupported apiVersion {:?} (expected {API_VERSION})",
+                envelope.api_version
+            ),
         ));
     }
     let labels = envelope.metadata.labels;
@@ -167,7 +177,9 @@ fn parse_document(origin: &Origin, value: serde_json::Value) -> Result<Object, M
         return Err(origin.error("metadata.labels", "labels are only supported on Cell"));
     }
     let name = envelope.metadata.name;
-    let name_error = |e: cellfleet_api::IdError| origin.error("metadata.name", format!("invalid name {name:?}: {e}"));
+    let name_error = |e: cellfleet_api::IdError| {
+        origin.error("metadata.name", format!("invalid name {name:?}: {e}"))
+    };
     match envelope.kind.as_str() {
         "Region" => {
             let spec: RegionSpec = typed(origin, "spec", envelope.spec)?;
@@ -195,12 +207,18 @@ fn parse_document(origin: &Origin, value: serde_json::Value) -> Result<Object, M
                 spec,
             })
         }
-        other => Err(origin.error("kind", format!("unknown kind {other:?} (expected Region, Cell or Tenant)"))),
+        other => Err(origin.error(
+            "kind",
+            format!("unknown kind {other:?} (expected Region, Cell or Tenant)"),
+        )),
     }
 }
 
 fn is_short_token(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 32 && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    !s.is_empty()
+        && s.len() <= 32
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 pub fn validate_region(origin: &Origin, spec: &RegionSpec) -> Result<(), ManifestError> {
@@ -211,10 +229,16 @@ pub fn validate_region(origin: &Origin, spec: &RegionSpec) -> Result<(), Manifes
         ));
     }
     if !(-90.0..=90.0).contains(&spec.location.lat) {
-        return Err(origin.error("spec.location.lat", format!("{} is not a latitude (-90 to 90)", spec.location.lat)));
+        return Err(origin.error(
+            "spec.location.lat",
+            format!("{} is not a latitude (-90 to 90)", spec.location.lat),
+        ));
     }
     if !(-180.0..=180.0).contains(&spec.location.lon) {
-        return Err(origin.error("spec.location.lon", format!("{} is not a longitude (-180 to 180)", spec.location.lon)));
+        return Err(origin.error(
+            "spec.location.lon",
+            format!("{} is not a longitude (-180 to 180)", spec.location.lon),
+        ));
     }
     Ok(())
 }
@@ -222,16 +246,25 @@ pub fn validate_region(origin: &Origin, spec: &RegionSpec) -> Result<(), Manifes
 /// Longest change window accepted: a window that never closes is not a window.
 const MAX_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
-pub fn validate_cell(origin: &Origin, spec: &CellSpec, labels: &BTreeMap<String, String>) -> Result<(), ManifestError> {
+pub fn validate_cell(
+    origin: &Origin,
+    spec: &CellSpec,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), ManifestError> {
     match (spec.kind, spec.capacity) {
         (_, Some(0)) => return Err(origin.error("spec.capacity", "must be at least 1")),
         (CellKind::Pooled, Some(c)) if c > 100_000 => {
-            return Err(origin.error("spec.capacity", format!("{c} is more than the 100000 a cell may hold")));
+            return Err(origin.error(
+                "spec.capacity",
+                format!("{c} is more than the 100000 a cell may hold"),
+            ));
         }
         (CellKind::Dedicated, Some(c)) if c != 1 => {
             return Err(origin.error(
                 "spec.capacity",
-                format!("a dedicated cell holds exactly one tenant (got {c}; omit capacity or set 1)"),
+                format!(
+                    "a dedicated cell holds exactly one tenant (got {c}; omit capacity or set 1)"
+                ),
             ));
         }
         _ => {}
@@ -244,20 +277,33 @@ pub fn validate_cell(origin: &Origin, spec: &CellSpec, labels: &BTreeMap<String,
     if let Some(endpoint) = &spec.endpoint {
         match reqwest::Url::parse(endpoint) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-            Ok(_) => return Err(origin.error("spec.endpoint", format!("{endpoint:?} must be an http(s) URL with a host"))),
-            Err(e) => return Err(origin.error("spec.endpoint", format!("{endpoint:?} is not a URL: {e}"))),
+            Ok(_) => {
+                return Err(origin.error(
+                    "spec.endpoint",
+                    format!("{endpoint:?} must be an http(s) URL with a host"),
+                ));
+            }
+            Err(e) => {
+                return Err(origin.error("spec.endpoint", format!("{endpoint:?} is not a URL: {e}")));
+            }
         }
     }
     if let Some(w) = &spec.change_window {
         if let Err(e) = w.schedule.parse::<cron::Schedule>() {
             return Err(origin.error(
                 "spec.changeWindow.schedule",
-                format!("{:?} is not a cron schedule (sec min hour day month weekday): {e}", w.schedule),
+                format!(
+                    "{:?} is not a cron schedule (sec min hour day month weekday): {e}",
+                    w.schedule
+                ),
             ));
         }
         match humantime::parse_duration(&w.duration) {
             Ok(d) if d.is_zero() || d > MAX_WINDOW => {
-                return Err(origin.error("spec.changeWindow.duration", "must be more than 0 and at most 7 days"));
+                return Err(origin.error(
+                    "spec.changeWindow.duration",
+                    "must be more than 0 and at most 7 days",
+                ));
             }
             Ok(_) => {}
             Err(e) => {
@@ -271,12 +317,19 @@ pub fn validate_cell(origin: &Origin, spec: &CellSpec, labels: &BTreeMap<String,
     for (k, v) in labels {
         let key_ok = !k.is_empty()
             && k.len() <= 63
-            && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
         if !key_ok {
-            return Err(origin.error(format!("metadata.labels.{k}"), "label keys are 1–63 of [A-Za-z0-9-_./]"));
+            return Err(origin.error(
+                format!("metadata.labels.{k}"),
+                "label keys are 1–63 of [A-Za-z0-9-_./]",
+            ));
         }
         if v.len() > 63 {
-            return Err(origin.error(format!("metadata.labels.{k}"), "label values are at most 63 characters"));
+            return Err(origin.error(
+                format!("metadata.labels.{k}"),
+                "label values are at most 63 characters",
+            ));
         }
     }
     Ok(())
@@ -289,29 +342,44 @@ pub fn validate_tenant(origin: &Origin, spec: &TenantSpec) -> Result<(), Manifes
     }
     let r = &spec.residency;
     if r.allowed_regions.is_none() && r.jurisdiction.is_none() {
-        return Err(origin.error("spec.residency", "must name allowedRegions or a jurisdiction"));
+        return Err(origin.error(
+            "spec.residency",
+            "must name allowedRegions or a jurisdiction",
+        ));
     }
     if let Some(list) = &r.allowed_regions {
         if list.is_empty() {
-            return Err(origin.error("spec.residency.allowedRegions", "must list at least one region"));
+            return Err(origin.error(
+                "spec.residency.allowedRegions",
+                "must list at least one region",
+            ));
         }
         for (i, region) in list.iter().enumerate() {
             if list[..i].contains(region) {
-                return Err(origin.error(format!("spec.residency.allowedRegions[{i}]"), format!("{region} is listed twice")));
+                return Err(origin.error(
+                    format!("spec.residency.allowedRegions[{i}]"),
+                    format!("{region} is listed twice"),
+                ));
             }
         }
     }
     if let Some(j) = &r.jurisdiction
         && !is_short_token(j)
     {
-        return Err(origin.error("spec.residency.jurisdiction", "must be 1–32 lowercase letters, digits or '-'"));
+        return Err(origin.error(
+            "spec.residency.jurisdiction",
+            "must be 1–32 lowercase letters, digits or '-'",
+        ));
     }
     if spec.environments.is_empty() {
         return Err(origin.error("spec.environments", "must list at least one environment"));
     }
     for (i, env) in spec.environments.iter().enumerate() {
         if spec.environments[..i].contains(env) {
-            return Err(origin.error(format!("spec.environments[{i}]"), format!("{env} is listed twice")));
+            return Err(origin.error(
+                format!("spec.environments[{i}]"),
+                format!("{env} is listed twice"),
+            ));
         }
     }
     if spec.quotas.requests_per_second == Some(0) {
@@ -321,7 +389,10 @@ pub fn validate_tenant(origin: &Origin, spec: &TenantSpec) -> Result<(), Manifes
         if let Some(a) = slo.availability
             && !(a > 0.0 && a <= 100.0)
         {
-            return Err(origin.error("spec.slo.availability", format!("{a} is not a percentage in (0, 100]")));
+            return Err(origin.error(
+                "spec.slo.availability",
+                format!("{a} is not a percentage in (0, 100]"),
+            ));
         }
         if slo.latency_p99_ms == Some(0) {
             return Err(origin.error("spec.slo.latencyP99Ms", "must be at least 1"));
@@ -329,7 +400,10 @@ pub fn validate_tenant(origin: &Origin, spec: &TenantSpec) -> Result<(), Manifes
     }
     for key in spec.flags.keys() {
         if key.is_empty() || key.len() > 100 {
-            return Err(origin.error("spec.flags", format!("flag name {key:?} must be 1–100 characters")));
+            return Err(origin.error(
+                "spec.flags",
+                format!("flag name {key:?} must be 1–100 characters"),
+            ));
         }
     }
     Ok(())

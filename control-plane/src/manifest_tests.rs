@@ -69,29 +69,113 @@ fn the_issue_example_parses() {
 #[test]
 fn errors_name_file_document_and_field() {
     let cases = [
-        ("capacity: 50", "capacity: 0", "fleet.yaml: document 2: spec.capacity: must be at least 1"),
-        ("capacity: 50", "capacity: lots", "fleet.yaml: document 2: spec.capacity: invalid type: string \"lots\", expected u32"),
-        ("kind: pooled", "kind: shared", "fleet.yaml: document 2: spec.kind: unknown variant `shared`, expected `pooled` or `dedicated`"),
-        ("lat: 53.35", "lat: 153.35", "fleet.yaml: document 1: spec.location.lat: 153.35 is not a latitude (-90 to 90)"),
-        ("name: acme}", "name: Acme}", "fleet.yaml: document 3: metadata.name: invalid name \"Acme\": may only contain lowercase letters, digits and '-' (found 'A')"),
-        ("eu-west-1, eu-central-1]", "eu-west-1, eu-west-1]", "fleet.yaml: document 3: spec.residency.allowedRegions[1]: eu-west-1 is listed twice"),
-        ("[eu-west-1, eu-central-1]", "[eu-west-1, EU]", "fleet.yaml: document 3: spec.residency.allowedRegions[1]: may only contain lowercase letters, digits and '-' (found 'E')"),
-        ("residency: {allowedRegions: [eu-west-1, eu-central-1], preferredRegion: eu-west-1}", "residency: {}", "fleet.yaml: document 3: spec.residency: must name allowedRegions or a jurisdiction"),
-        ("profile: mt-standard", "profile: gold", "fleet.yaml: document 3: spec.profile: unknown variant `gold`, expected one of `mt-standard`, `st-dedicated`, `st-byoc`"),
-        ("latencyP99Ms: 300", "latencyP99Ms: 300, colour: red", "fleet.yaml: document 3: spec.slo.colour: unknown field `colour`, expected `availability` or `latencyP99Ms`"),
-        ("availability: 99.9", "availability: 120", "fleet.yaml: document 3: spec.slo.availability: 120 is not a percentage in (0, 100]"),
-        ("environments: [prod]", "environments: [prod, prod]", "fleet.yaml: document 3: spec.environments[1]: prod is listed twice"),
-        ("environments: [prod]", "environments: []", "fleet.yaml: document 3: spec.environments: must list at least one environment"),
-        ("requestsPerSecond: 200", "requestsPerSecond: 0", "fleet.yaml: document 3: spec.quotas.requestsPerSecond: must be at least 1"),
-        ("duration: 4h", "duration: forever", "fleet.yaml: document 2: spec.changeWindow.duration: \"forever\" is not a duration (e.g. 4h, 90m): expected number at 0"),
-        ("endpoint: http://127.0.0.1:9101", "endpoint: ftp://x", "fleet.yaml: document 2: spec.endpoint: \"ftp://x\" must be an http(s) URL with a host"),
-        ("apiVersion: cellfleet.io/v1\nkind: Tenant", "apiVersion: cellfleet.io/v2\nkind: Tenant", "fleet.yaml: document 3: apiVersion: unsupported apiVersion \"cellfleet.io/v2\" (expected cellfleet.io/v1)"),
-        ("kind: Region", "kind: Regoin", "fleet.yaml: document 1: kind: unknown kind \"Regoin\" (expected Region, Cell or Tenant)"),
-        ("metadata: {name: acme}", "metadata: {name: acme, labels: {a: b}}", "fleet.yaml: document 3: metadata.labels: labels are only supported on Cell"),
-        ("displayName: Acme Corp", "displayName: \"  \"", "fleet.yaml: document 3: spec.displayName: must be 1–200 characters"),
+        (
+            "capacity: 50",
+            "capacity: 0",
+            "fleet.yaml: document 2: spec.capacity: must be at least 1",
+        ),
+        (
+            "capacity: 50",
+            "capacity: lots",
+            "fleet.yaml: document 2: spec.capacity: invalid type: string \"lots\", expected u32",
+        ),
+        (
+            "kind: pooled",
+            "kind: shared",
+            "fleet.yaml: document 2: spec.kind: unknown variant `shared`, expected `pooled` or `dedicated`",
+        ),
+        (
+            "lat: 53.35",
+            "lat: 153.35",
+            "fleet.yaml: document 1: spec.location.lat: 153.35 is not a latitude (-90 to 90)",
+        ),
+        (
+            "name: acme}",
+            "name: Acme}",
+            "fleet.yaml: document 3: metadata.name: invalid name \"Acme\": may only contain lowercase letters, digits and '-' (found 'A')",
+        ),
+        (
+            "eu-west-1, eu-central-1]",
+            "eu-west-1, eu-west-1]",
+            "fleet.yaml: document 3: spec.residency.allowedRegions[1]: eu-west-1 is listed twice",
+        ),
+        (
+            "[eu-west-1, eu-central-1]",
+            "[eu-west-1, EU]",
+            "fleet.yaml: document 3: spec.residency.allowedRegions[1]: may only contain lowercase letters, digits and '-' (found 'E')",
+        ),
+        (
+            "residency: {allowedRegions: [eu-west-1, eu-central-1], preferredRegion: eu-west-1}",
+            "residency: {}",
+            "fleet.yaml: document 3: spec.residency: must name allowedRegions or a jurisdiction",
+        ),
+        (
+            "profile: mt-standard",
+            "profile: gold",
+            "fleet.yaml: document 3: spec.profile: unknown variant `gold`, expected one of `mt-standard`, `st-dedicated`, `st-byoc`",
+        ),
+        (
+            "latencyP99Ms: 300",
+            "latencyP99Ms: 300, colour: red",
+            "fleet.yaml: document 3: spec.slo.colour: unknown field `colour`, expected `availability` or `latencyP99Ms`",
+        ),
+        (
+            "availability: 99.9",
+            "availability: 120",
+            "fleet.yaml: document 3: spec.slo.availability: 120 is not a percentage in (0, 100]",
+        ),
+        (
+            "environments: [prod]",
+            "environments: [prod, prod]",
+            "fleet.yaml: document 3: spec.environments[1]: prod is listed twice",
+        ),
+        (
+            "environments: [prod]",
+            "environments: []",
+            "fleet.yaml: document 3: spec.environments: must list at least one environment",
+        ),
+        (
+            "requestsPerSecond: 200",
+            "requestsPerSecond: 0",
+            "fleet.yaml: document 3: spec.quotas.requestsPerSecond: must be at least 1",
+        ),
+        (
+            "duration: 4h",
+            "duration: forever",
+            "fleet.yaml: document 2: spec.changeWindow.duration: \"forever\" is not a duration (e.g. 4h, 90m): expected number at 0",
+        ),
+        (
+            "endpoint: http://127.0.0.1:9101",
+            "endpoint: ftp://x",
+            "fleet.yaml: document 2: spec.endpoint: \"ftp://x\" must be an http(s) URL with a host",
+        ),
+        (
+            "apiVersion: cellfleet.io/v1\nkind: Tenant",
+            "apiVersion: cellfleet.io/v2\nkind: Tenant",
+            "fleet.yaml: document 3: apiVersion: unsupported apiVersion \"cellfleet.io/v2\" (expected cellfleet.io/v1)",
+        ),
+        (
+            "kind: Region",
+            "kind: Regoin",
+            "fleet.yaml: document 1: kind: unknown kind \"Regoin\" (expected Region, Cell or Tenant)",
+        ),
+        (
+            "metadata: {name: acme}",
+            "metadata: {name: acme, labels: {a: b}}",
+            "fleet.yaml: document 3: metadata.labels: labels are only supported on Cell",
+        ),
+        (
+            "displayName: Acme Corp",
+            "displayName: \"  \"",
+            "fleet.yaml: document 3: spec.displayName: must be 1–200 characters",
+        ),
     ];
     for (from, to, expected) in cases {
-        assert_eq!(err_with(from, to), expected, "replacing {from:?} with {to:?}");
+        assert_eq!(
+            err_with(from, to),
+            expected,
+            "replacing {from:?} with {to:?}"
+        );
     }
 }
 
@@ -117,16 +201,28 @@ fn missing_fields_and_non_mappings() {
         "fleet.yaml: document 1: a manifest document must be a mapping with apiVersion, kind, metadata and spec"
     );
     let e = err("apiVersion: cellfleet.io/v1\nkind: [unclosed\n");
-    assert!(e.starts_with("fleet.yaml: document 1: not valid YAML:"), "{e}");
+    assert!(
+        e.starts_with("fleet.yaml: document 1: not valid YAML:"),
+        "{e}"
+    );
 }
 
 #[test]
 fn an_object_declared_twice_is_refused() {
     let twice = format!("{GOOD}\n{}", GOOD.split("---").nth(1).unwrap());
     let files = vec![
-        ManifestFile { name: "a.yaml".into(), content: GOOD.into() },
-        ManifestFile { name: "b.yaml".into(), content: twice },
+        ManifestFile {
+            name: "a.yaml".into(),
+            content: GOOD.into(),
+        },
+        ManifestFile {
+            name: "b.yaml".into(),
+            content: twice,
+        },
     ];
     let e = parse(&files).unwrap_err().to_string();
-    assert_eq!(e, "b.yaml: document 1: metadata.name: Region eu-west-1 is declared twice (first in a.yaml document 1)");
+    assert_eq!(
+        e,
+        "b.yaml: document 1: metadata.name: Region eu-west-1 is declared twice (first in a.yaml document 1)"
+    );
 }

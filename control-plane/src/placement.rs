@@ -221,13 +221,20 @@ impl Fleet {
 
     /// The regions residency allows, in the order placement tries them.
     pub fn candidate_regions(&self, residency: &Residency) -> CandidateRegions {
-        let jurisdiction_ok =
-            |r: &RegionInfo| residency.jurisdiction.as_ref().is_none_or(|j| &r.jurisdiction == j);
+        let jurisdiction_ok = |r: &RegionInfo| {
+            residency
+                .jurisdiction
+                .as_ref()
+                .is_none_or(|j| &r.jurisdiction == j)
+        };
         let (rule, mut allowed): (String, Vec<&RegionInfo>) = match &residency.allowed_regions {
             Some(list) => {
                 let mut rule = format!(
                     "allowedRegions [{}]",
-                    list.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+                    list.iter()
+                        .map(|r| r.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
                 if let Some(j) = &residency.jurisdiction {
                     rule.push_str(&format!(" within jurisdiction {j}"));
@@ -245,9 +252,15 @@ impl Fleet {
             None => match &residency.jurisdiction {
                 Some(j) => (
                     format!("jurisdiction {j}"),
-                    self.regions.values().filter(|r| jurisdiction_ok(r)).collect(),
+                    self.regions
+                        .values()
+                        .filter(|r| jurisdiction_ok(r))
+                        .collect(),
                 ),
-                None => ("no residency rule (nothing is allowed)".to_owned(), Vec::new()),
+                None => (
+                    "no residency rule (nothing is allowed)".to_owned(),
+                    Vec::new(),
+                ),
             },
         };
         let preferred = residency
@@ -261,13 +274,17 @@ impl Fleet {
                     .map(|r| (distance_km(p.location, r.location), r))
                     .collect();
                 // The preferred region itself is at distance 0 and so comes first when allowed.
-                with_distance.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.name.cmp(&b.1.name)));
+                with_distance
+                    .sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.name.cmp(&b.1.name)));
                 with_distance
                     .into_iter()
                     .map(|(d, r)| (r.name.clone(), Some(d)))
                     .collect()
             }
-            None => allowed.into_iter().map(|r| (r.name.clone(), None)).collect(),
+            None => allowed
+                .into_iter()
+                .map(|r| (r.name.clone(), None))
+                .collect(),
         };
         CandidateRegions { rule, regions }
     }
@@ -338,7 +355,9 @@ impl Fleet {
             });
         }
         let cells = match &chosen {
-            Some((region, cell)) => self.cell_candidates(policy, tenant_hash, region, env, kind, *cell),
+            Some((region, cell)) => {
+                self.cell_candidates(policy, tenant_hash, region, env, kind, *cell)
+            }
             None => Vec::new(),
         };
         let summary = match &chosen {
@@ -352,7 +371,9 @@ impl Fleet {
                     _ => "the closest allowed region with room".to_owned(),
                 };
                 let why_cell = match kind {
-                    CellKind::Pooled => "the highest-scoring pooled cell with room (rendezvous hash, bounded load)",
+                    CellKind::Pooled => {
+                        "the highest-scoring pooled cell with room (rendezvous hash, bounded load)"
+                    }
                     CellKind::Dedicated => "a free dedicated cell",
                 };
                 format!(
@@ -436,7 +457,12 @@ impl Fleet {
         let bounds = PoolBounds::of(self, region, env, kind);
         let mut all: Vec<(f64, usize)> = self
             .ready_pool(region, env, kind)
-            .map(|i| (score(tenant_hash, self.slots[i].hash, weight(&self.slots[i].info)), i))
+            .map(|i| {
+                (
+                    score(tenant_hash, self.slots[i].hash, weight(&self.slots[i].info)),
+                    i,
+                )
+            })
             .collect();
         all.sort_by(|a, b| b.0.total_cmp(&a.0));
         let mut shown: Vec<(f64, usize)> = all.iter().take(SHOWN).copied().collect();
@@ -452,7 +478,9 @@ impl Fleet {
                 let outcome = if i == chosen {
                     "chosen".to_owned()
                 } else {
-                    eligibility(policy, info, &bounds).unwrap_or("lower-score").to_owned()
+                    eligibility(policy, info, &bounds)
+                        .unwrap_or("lower-score")
+                        .to_owned()
                 };
                 CellCandidate {
                     cell: info.name.clone(),
@@ -466,7 +494,12 @@ impl Fleet {
     }
 }
 
-fn no_room_reason(candidates: &CandidateRegions, env: &Env, kind: CellKind, tried: &[String]) -> String {
+fn no_room_reason(
+    candidates: &CandidateRegions,
+    env: &Env,
+    kind: CellKind,
+    tried: &[String],
+) -> String {
     if candidates.regions.is_empty() {
         return format!("no region satisfies residency ({})", candidates.rule);
     }
@@ -549,7 +582,12 @@ pub struct Placed {
 /// equal cells), and nothing else moves. Replay runs the same residency rules as placement, so a
 /// plan never moves data to a region the tenant does not allow; a tenant the replay cannot place
 /// stays where it is.
-pub fn rebalance_plan(fleet: &Fleet, policy: &Policy, placed: &[Placed], onto: &[CellName]) -> Vec<PlannedMove> {
+pub fn rebalance_plan(
+    fleet: &Fleet,
+    policy: &Policy,
+    placed: &[Placed],
+    onto: &[CellName],
+) -> Vec<PlannedMove> {
     let mut replay = fleet.clone();
     for slot in &mut replay.slots {
         slot.info.load = 0;

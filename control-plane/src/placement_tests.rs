@@ -36,10 +36,10 @@ fn rn(s: &str) -> RegionName {
 
 fn europe() -> Fleet {
     let mut fleet = Fleet::new([
-        region("eu-west-1", "eu", 53.35, -6.26),    // Dublin
-        region("eu-central-1", "eu", 50.11, 8.68),  // Frankfurt
-        region("eu-north-1", "eu", 59.33, 18.07),   // Stockholm
-        region("us-east-1", "us", 38.9, -77.0),     // Virginia
+        region("eu-west-1", "eu", 53.35, -6.26),   // Dublin
+        region("eu-central-1", "eu", 50.11, 8.68), // Frankfurt
+        region("eu-north-1", "eu", 59.33, 18.07),  // Stockholm
+        region("us-east-1", "us", 38.9, -77.0),    // Virginia
     ]);
     for (c, r) in [
         ("euw1-pool-1", "eu-west-1"),
@@ -62,7 +62,13 @@ fn jurisdiction(j: &str, preferred: Option<&str>) -> Residency {
 }
 
 fn place_and_assign(fleet: &mut Fleet, t: &str, residency: &Residency) -> Result<Decision, NoRoom> {
-    let d = fleet.place(&Policy::default(), &tid(t), Profile::MtStandard, residency, &Env::prod())?;
+    let d = fleet.place(
+        &Policy::default(),
+        &tid(t),
+        Profile::MtStandard,
+        residency,
+        &Env::prod(),
+    )?;
     fleet.assign(&d.cell);
     Ok(d)
 }
@@ -97,25 +103,54 @@ fn falls_back_in_distance_order_when_full_then_reports_no_room() {
     let eu = jurisdiction("eu", Some("eu-west-1"));
     let mut regions = Vec::new();
     for i in 0..8 {
-        regions.push(place_and_assign(&mut fleet, &format!("t{i}"), &eu).unwrap().region);
+        regions.push(
+            place_and_assign(&mut fleet, &format!("t{i}"), &eu)
+                .unwrap()
+                .region,
+        );
     }
     let order: Vec<&str> = regions.iter().map(|r| r.as_str()).collect();
     assert_eq!(
         order,
-        ["eu-west-1", "eu-west-1", "eu-west-1", "eu-west-1", "eu-central-1", "eu-central-1", "eu-north-1", "eu-north-1"]
+        [
+            "eu-west-1",
+            "eu-west-1",
+            "eu-west-1",
+            "eu-west-1",
+            "eu-central-1",
+            "eu-central-1",
+            "eu-north-1",
+            "eu-north-1"
+        ]
     );
     let err = place_and_assign(&mut fleet, "t9", &eu).unwrap_err();
     assert!(err.0.contains("no pooled cell with room"), "{err}");
-    assert!(err.0.contains("eu-north-1: every ready pooled cell for env prod is full"), "{err}");
+    assert!(
+        err.0
+            .contains("eu-north-1: every ready pooled cell for env prod is full"),
+        "{err}"
+    );
     // The US cell has room but is never used for an EU tenant.
-    assert_eq!(fleet.cell(&CellName::new("use1-pool-1").unwrap()).unwrap().load, 0);
+    assert_eq!(
+        fleet
+            .cell(&CellName::new("use1-pool-1").unwrap())
+            .unwrap()
+            .load,
+        0
+    );
 }
 
 #[test]
 fn residency_without_any_region_says_so() {
     let fleet = europe();
     let err = fleet
-        .place(&Policy::default(), &tid("a"), Profile::MtStandard, &jurisdiction("apac", None), &Env::prod())
+        .place(
+            &Policy::default(),
+            &tid("a"),
+            Profile::MtStandard,
+            &jurisdiction("apac", None),
+            &Env::prod(),
+        )
         .unwrap_err();
     assert_eq!(err.0, "no region satisfies residency (jurisdiction apac)");
 }
@@ -130,7 +165,13 @@ fn only_ready_cells_of_the_env_are_used() {
     staging.env = Env::new("staging").unwrap();
     fleet.add_cell(staging);
     let err = fleet
-        .place(&Policy::default(), &tid("t"), Profile::MtStandard, &jurisdiction("eu", None), &Env::prod())
+        .place(
+            &Policy::default(),
+            &tid("t"),
+            Profile::MtStandard,
+            &jurisdiction("eu", None),
+            &Env::prod(),
+        )
         .unwrap_err();
     assert!(err.0.contains("no ready pooled cell for env prod"), "{err}");
     let d = fleet
@@ -150,11 +191,31 @@ fn dedicated_profiles_take_a_free_dedicated_cell() {
     let mut fleet = europe();
     fleet.add_cell(cell("euw1-ded-1", "eu-west-1", CellKind::Dedicated, 1));
     let eu = jurisdiction("eu", Some("eu-west-1"));
-    let d = fleet.place(&Policy::default(), &tid("big"), Profile::StDedicated, &eu, &Env::prod()).unwrap();
+    let d = fleet
+        .place(
+            &Policy::default(),
+            &tid("big"),
+            Profile::StDedicated,
+            &eu,
+            &Env::prod(),
+        )
+        .unwrap();
     assert_eq!(d.cell.as_str(), "euw1-ded-1");
     fleet.assign(&d.cell);
-    let err = fleet.place(&Policy::default(), &tid("big2"), Profile::StByoc, &eu, &Env::prod()).unwrap_err();
-    assert!(err.0.contains("every ready dedicated cell for env prod is taken"), "{err}");
+    let err = fleet
+        .place(
+            &Policy::default(),
+            &tid("big2"),
+            Profile::StByoc,
+            &eu,
+            &Env::prod(),
+        )
+        .unwrap_err();
+    assert!(
+        err.0
+            .contains("every ready dedicated cell for env prod is taken"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -163,13 +224,29 @@ fn explanation_matches_the_decision() {
     let eu = jurisdiction("eu", Some("eu-central-1"));
     for i in 0..3 {
         let t = tid(&format!("t{i}"));
-        let d = fleet.place(&Policy::default(), &t, Profile::MtStandard, &eu, &Env::prod());
-        let e = fleet.explain(&Policy::default(), &t, Profile::MtStandard, &eu, &Env::prod());
+        let d = fleet.place(
+            &Policy::default(),
+            &t,
+            Profile::MtStandard,
+            &eu,
+            &Env::prod(),
+        );
+        let e = fleet.explain(
+            &Policy::default(),
+            &t,
+            Profile::MtStandard,
+            &eu,
+            &Env::prod(),
+        );
         match d {
             Ok(d) => {
                 assert_eq!(e.chosen_cell.as_ref(), Some(&d.cell));
                 assert_eq!(e.chosen_region.as_ref(), Some(&d.region));
-                assert!(e.cells.iter().any(|c| c.outcome == "chosen" && c.cell == d.cell));
+                assert!(
+                    e.cells
+                        .iter()
+                        .any(|c| c.outcome == "chosen" && c.cell == d.cell)
+                );
                 fleet.assign(&d.cell);
             }
             Err(NoRoom(reason)) => {
@@ -178,11 +255,24 @@ fn explanation_matches_the_decision() {
             }
         }
     }
-    let e = fleet.explain(&Policy::default(), &tid("t9"), Profile::MtStandard, &eu, &Env::prod());
+    let e = fleet.explain(
+        &Policy::default(),
+        &tid("t9"),
+        Profile::MtStandard,
+        &eu,
+        &Env::prod(),
+    );
     assert_eq!(e.regions[0].region.as_str(), "eu-central-1");
-    assert_eq!(e.regions[0].outcome, "every ready pooled cell for env prod is full");
+    assert_eq!(
+        e.regions[0].outcome,
+        "every ready pooled cell for env prod is full"
+    );
     assert_eq!(e.regions[1].outcome, "chosen");
-    assert!(e.summary.contains("closest allowed region with room"), "{}", e.summary);
+    assert!(
+        e.summary.contains("closest allowed region with room"),
+        "{}",
+        e.summary
+    );
 }
 
 #[test]
@@ -203,13 +293,28 @@ fn adding_a_cell_to_a_balanced_pool_plans_about_one_over_n_plus_one_moves() {
             cell: d.cell,
         });
     }
-    assert!(rebalance_plan(&fleet, &Policy::default(), &placed, &[]).is_empty(), "an unchanged fleet replays to itself");
+    assert!(
+        rebalance_plan(&fleet, &Policy::default(), &placed, &[]).is_empty(),
+        "an unchanged fleet replays to itself"
+    );
     fleet.add_cell(cell("c9", "eu-west-1", CellKind::Pooled, 1000));
-    let moves = rebalance_plan(&fleet, &Policy::default(), &placed, &[CellName::new("c9").unwrap()]);
+    let moves = rebalance_plan(
+        &fleet,
+        &Policy::default(),
+        &placed,
+        &[CellName::new("c9").unwrap()],
+    );
     let onto_new = moves.iter().filter(|m| m.to.as_str() == "c9").count();
     // The new cell's share is 3000 / 10 = 300; the bounded-load cascade adds a little.
-    assert!((250..=350).contains(&onto_new), "{onto_new} onto the new cell");
-    assert!(moves.len() <= 450, "at most 1.5 × 1/(n+1) of the tenants move: {}", moves.len());
+    assert!(
+        (250..=350).contains(&onto_new),
+        "{onto_new} onto the new cell"
+    );
+    assert!(
+        moves.len() <= 450,
+        "at most 1.5 × 1/(n+1) of the tenants move: {}",
+        moves.len()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -233,17 +338,22 @@ fn world() -> impl Strategy<Value = World> {
             .map(|(i, (j, lat, lon))| region(&format!("r{i}"), JURISDICTIONS[*j], *lat, *lon))
             .collect();
         let n = regions.len();
-        let cells = prop::collection::vec((0..n, any::<bool>(), 1..8u32, prop::bool::weighted(0.9)), 0..12);
+        let cells = prop::collection::vec(
+            (0..n, any::<bool>(), 1..8u32, prop::bool::weighted(0.9)),
+            0..12,
+        );
         let residency = prop_oneof![
             (0..3usize, prop::option::of(0..n)).prop_map(move |(j, p)| Residency {
                 allowed_regions: None,
                 jurisdiction: Some(JURISDICTIONS[j].to_owned()),
                 preferred_region: p.map(|p| rn(&format!("r{p}"))),
             }),
-            (prop::collection::vec(0..n, 1..3), prop::option::of(0..n)).prop_map(|(a, p)| Residency {
-                allowed_regions: Some(a.into_iter().map(|a| rn(&format!("r{a}"))).collect()),
-                jurisdiction: None,
-                preferred_region: p.map(|p| rn(&format!("r{p}"))),
+            (prop::collection::vec(0..n, 1..3), prop::option::of(0..n)).prop_map(|(a, p)| {
+                Residency {
+                    allowed_regions: Some(a.into_iter().map(|a| rn(&format!("r{a}"))).collect()),
+                    jurisdiction: None,
+                    preferred_region: p.map(|p| rn(&format!("r{p}"))),
+                }
             }),
         ];
         let profile = prop_oneof![
@@ -260,7 +370,11 @@ fn world() -> impl Strategy<Value = World> {
                     let mut c = cell(
                         &format!("c{i}"),
                         &format!("r{r}"),
-                        if pooled { CellKind::Pooled } else { CellKind::Dedicated },
+                        if pooled {
+                            CellKind::Pooled
+                        } else {
+                            CellKind::Dedicated
+                        },
                         cap,
                     );
                     if !ready {
@@ -305,8 +419,16 @@ fn place_all(fleet: &mut Fleet, w: &World) -> Vec<Option<Decision>> {
 fn allowed(w: &World, r: &Residency) -> Vec<RegionName> {
     w.regions
         .iter()
-        .filter(|reg| r.allowed_regions.as_ref().is_none_or(|a| a.contains(&reg.name)))
-        .filter(|reg| r.jurisdiction.as_ref().is_none_or(|j| &reg.jurisdiction == j))
+        .filter(|reg| {
+            r.allowed_regions
+                .as_ref()
+                .is_none_or(|a| a.contains(&reg.name))
+        })
+        .filter(|reg| {
+            r.jurisdiction
+                .as_ref()
+                .is_none_or(|j| &reg.jurisdiction == j)
+        })
         .filter(|_| r.allowed_regions.is_some() || r.jurisdiction.is_some())
         .map(|reg| reg.name.clone())
         .collect()

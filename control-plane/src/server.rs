@@ -27,7 +27,10 @@ pub struct ServerConfig {
 pub fn default_token_file(database_url: &str) -> PathBuf {
     match sqlite_path(database_url) {
         Some(db) => {
-            let stem = db.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "cellfleet".into());
+            let stem = db
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "cellfleet".into());
             db.with_file_name(format!("{stem}.admin-token"))
         }
         None => PathBuf::from("cellfleet-admin.token"),
@@ -51,7 +54,12 @@ impl Server {
     pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
         let store = Store::connect(&config.database_url)
             .await
-            .with_context(|| format!("cannot open the registry at {}", redact(&config.database_url)))?;
+            .with_context(|| {
+                format!(
+                    "cannot open the registry at {}",
+                    redact(&config.database_url)
+                )
+            })?;
         let registry = Registry::new(store, config.settings.clone());
         let token_file = config
             .admin_token_file
@@ -81,7 +89,10 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then finishes in-flight requests.
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         axum::serve(self.listener, app(self.state))
             .with_graceful_shutdown(shutdown)
             .await
@@ -126,7 +137,8 @@ pub fn redact(url: &str) -> String {
 
 /// Reads a token file (the first line, trimmed).
 pub fn read_token_file(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read token file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read token file {}", path.display()))?;
     let token = text.lines().next().unwrap_or("").trim().to_owned();
     anyhow::ensure!(!token.is_empty(), "token file {} is empty", path.display());
     Ok(token)

@@ -1,6 +1,9 @@
 //! The HTTP API through `app(state).oneshot(..)`: the whole role matrix, authentication, body
 //! limits, error shapes, correlation ids, metrics and the checked-in OpenAPI document.
 
+// A panic in a test or benchmark is a failed assertion, not a crash on user input.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use axum::body::Body;
@@ -36,14 +39,34 @@ impl Api {
         let cell = (role == Role::Agent).then(|| CellName::new("euw1-pool-1").unwrap());
         self.t
             .registry
-            .create_token(&caller(), &CreateTokenRequest { role, cell, description: None })
+            .create_token(
+                &caller(),
+                &CreateTokenRequest {
+                    role,
+                    cell,
+                    description: None,
+                },
+            )
             .await
             .unwrap()
             .token
     }
 
-    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value, axum::http::HeaderMap) {
-        self.call_raw(method, path, token, body.map(|b| b.to_string()).unwrap_or_default(), &[]).await
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value, axum::http::HeaderMap) {
+        self.call_raw(
+            method,
+            path,
+            token,
+            body.map(|b| b.to_string()).unwrap_or_default(),
+            &[],
+        )
+        .await
     }
 
     async fn call_raw(
@@ -54,18 +77,25 @@ impl Api {
         body: String,
         headers: &[(&str, &str)],
     ) -> (StatusCode, Value, axum::http::HeaderMap) {
-        let mut req = Request::builder().method(method).uri(path).header("content-type", "application/json");
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json");
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let resp = app(self.state.clone()).oneshot(req.body(Body::from(body)).unwrap()).await.unwrap();
+        let resp = app(self.state.clone())
+            .oneshot(req.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         (status, value, headers)
     }
 }
@@ -95,22 +125,48 @@ fn routes() -> Vec<(&'static str, &'static str, Option<Value>, &'static [Role])>
         (
             "POST",
             "/v1/apply",
-            Some(manifest("apiVersion: cellfleet.io/v1\nkind: Region\nmetadata: {name: ap-1}\nspec: {jurisdiction: ap, location: {lat: 1, lon: 103}}\n")),
+            Some(manifest(
+                "apiVersion: cellfleet.io/v1\nkind: Region\nmetadata: {name: ap-1}\nspec: {jurisdiction: ap, location: {lat: 1, lon: 103}}\n",
+            )),
             &[Admin, Sre],
         ),
         (
             "POST",
             "/v1/apply",
-            Some(manifest(&tenant_doc("viaapply", "mt-standard", "{jurisdiction: us}"))),
+            Some(manifest(&tenant_doc(
+                "viaapply",
+                "mt-standard",
+                "{jurisdiction: us}",
+            ))),
             &[Admin, Operator],
         ),
         ("POST", "/v1/tenants", Some(tenant), &[Admin, Operator]),
-        ("POST", "/v1/tenants/globex/suspend", Some(json!({"reason": "test"})), &[Admin, Operator]),
-        ("POST", "/v1/tenants/globex/resume", None, &[Admin, Operator]),
-        ("POST", "/v1/tenants/globex/archive", None, &[Admin, Operator]),
+        (
+            "POST",
+            "/v1/tenants/globex/suspend",
+            Some(json!({"reason": "test"})),
+            &[Admin, Operator],
+        ),
+        (
+            "POST",
+            "/v1/tenants/globex/resume",
+            None,
+            &[Admin, Operator],
+        ),
+        (
+            "POST",
+            "/v1/tenants/globex/archive",
+            None,
+            &[Admin, Operator],
+        ),
         ("DELETE", "/v1/tenants/globex", None, &[Admin, Operator]),
         ("GET", "/v1/tokens", None, &[Admin]),
-        ("POST", "/v1/tokens", Some(json!({"role": "viewer"})), &[Admin]),
+        (
+            "POST",
+            "/v1/tokens",
+            Some(json!({"role": "viewer"})),
+            &[Admin],
+        ),
         ("DELETE", "/v1/tokens/tok_unknown", None, &[Admin]),
     ]
 }
@@ -126,9 +182,16 @@ both_backends!(role_matrix_is_enforced_on_every_route, |backend| {
                     status != StatusCode::FORBIDDEN && status != StatusCode::UNAUTHORIZED,
                     "{role} should be allowed {method} {path}, got {status}: {value}"
                 );
-                assert!(!status.is_server_error(), "{method} {path} as {role}: {status} {value}");
+                assert!(
+                    !status.is_server_error(),
+                    "{method} {path} as {role}: {status} {value}"
+                );
             } else {
-                assert_eq!(status, StatusCode::FORBIDDEN, "{role} must be refused {method} {path}: {value}");
+                assert_eq!(
+                    status,
+                    StatusCode::FORBIDDEN,
+                    "{role} must be refused {method} {path}: {value}"
+                );
                 assert_eq!(value["code"], "forbidden");
             }
         }
@@ -136,7 +199,9 @@ both_backends!(role_matrix_is_enforced_on_every_route, |backend| {
         let (status, value, headers) = api.call(method, path, None, body.clone()).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {value}");
         assert_eq!(headers["www-authenticate"], "Bearer");
-        let (status, _, _) = api.call(method, path, Some("cft_not-a-real-token"), body.clone()).await;
+        let (status, _, _) = api
+            .call(method, path, Some("cft_not-a-real-token"), body.clone())
+            .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
     }
     // Health needs no token.
@@ -147,43 +212,91 @@ both_backends!(role_matrix_is_enforced_on_every_route, |backend| {
 both_backends!(errors_have_a_code_and_a_message, |backend| {
     let api = Api::new(backend).await;
     let admin = api.token(Role::Admin).await;
-    let (status, v, _) = api.call("GET", "/v1/tenants/nope", Some(&admin), None).await;
-    assert_eq!((status, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+    let (status, v, _) = api
+        .call("GET", "/v1/tenants/nope", Some(&admin), None)
+        .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
     assert_eq!(v["message"], "tenant nope not found");
-    let (status, v, _) = api.call("GET", "/v1/tenants/Not_An_Id", Some(&admin), None).await;
-    assert_eq!((status, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")));
-    let (status, v, _) = api.call("POST", "/v1/tenants/acme/resume", Some(&admin), None).await;
-    assert_eq!((status, v["code"].as_str()), (StatusCode::CONFLICT, Some("conflict")));
-    let (status, v, _) = api.call_raw("POST", "/v1/apply", Some(&admin), "{not json".into(), &[]).await;
-    assert_eq!((status, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")), "{v}");
-    let bad = manifest("apiVersion: cellfleet.io/v1\nkind: Cell\nmetadata: {name: c}\nspec: {region: eu-west-1, kind: pooled, env: prod, capacity: 0}\n");
+    let (status, v, _) = api
+        .call("GET", "/v1/tenants/Not_An_Id", Some(&admin), None)
+        .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request"))
+    );
+    let (status, v, _) = api
+        .call("POST", "/v1/tenants/acme/resume", Some(&admin), None)
+        .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict"))
+    );
+    let (status, v, _) = api
+        .call_raw("POST", "/v1/apply", Some(&admin), "{not json".into(), &[])
+        .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request")),
+        "{v}"
+    );
+    let bad = manifest(
+        "apiVersion: cellfleet.io/v1\nkind: Cell\nmetadata: {name: c}\nspec: {region: eu-west-1, kind: pooled, env: prod, capacity: 0}\n",
+    );
     let (status, v, _) = api.call("POST", "/v1/apply", Some(&admin), Some(bad)).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(v["code"], "invalid_manifest");
-    assert_eq!(v["details"], json!({"file": "m.yaml", "document": 1, "path": "spec.capacity"}));
-    let (status, v, _) = api.call("GET", "/v1/tenants?state=sleeping", Some(&admin), None).await;
+    assert_eq!(
+        v["details"],
+        json!({"file": "m.yaml", "document": 1, "path": "spec.capacity"})
+    );
+    let (status, v, _) = api
+        .call("GET", "/v1/tenants?state=sleeping", Some(&admin), None)
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
-    let (status, _, _) = api.call("GET", "/v1/nothing-here", Some(&admin), None).await;
+    let (status, _, _) = api
+        .call("GET", "/v1/nothing-here", Some(&admin), None)
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 });
 
-both_backends!(oversized_bodies_are_refused_and_nothing_is_written, |backend| {
-    let mut api = Api::new(backend).await;
-    api.state.max_body_bytes = 4096;
-    let admin = api.token(Role::Admin).await;
-    let records = api.t.registry.verify_audit().await.unwrap().records;
-    let huge = format!("# {}\n{}", "x".repeat(8000), tenant_doc("big", "mt-standard", "{jurisdiction: us}"));
-    let (status, v, _) = api.call("POST", "/v1/apply", Some(&admin), Some(manifest(&huge))).await;
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
-    assert_eq!(v["code"], "payload_too_large");
-    assert_eq!(api.t.registry.verify_audit().await.unwrap().records, records);
-});
+both_backends!(
+    oversized_bodies_are_refused_and_nothing_is_written,
+    |backend| {
+        let mut api = Api::new(backend).await;
+        api.state.max_body_bytes = 4096;
+        let admin = api.token(Role::Admin).await;
+        let records = api.t.registry.verify_audit().await.unwrap().records;
+        let huge = format!(
+            "# {}\n{}",
+            "x".repeat(8000),
+            tenant_doc("big", "mt-standard", "{jurisdiction: us}")
+        );
+        let (status, v, _) = api
+            .call("POST", "/v1/apply", Some(&admin), Some(manifest(&huge)))
+            .await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+        assert_eq!(v["code"], "payload_too_large");
+        assert_eq!(
+            api.t.registry.verify_audit().await.unwrap().records,
+            records
+        );
+    }
+);
 
 both_backends!(correlation_ids_flow_into_the_audit_log, |backend| {
     let api = Api::new(backend).await;
     let operator = api.token(Role::Operator).await;
     let (status, _, headers) = api
-        .call_raw("POST", "/v1/tenants/acme/suspend", Some(&operator), String::new(), &[("x-correlation-id", "ticket-4711")])
+        .call_raw(
+            "POST",
+            "/v1/tenants/acme/suspend",
+            Some(&operator),
+            String::new(),
+            &[("x-correlation-id", "ticket-4711")],
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["x-correlation-id"], "ticket-4711");
@@ -191,10 +304,20 @@ both_backends!(correlation_ids_flow_into_the_audit_log, |backend| {
     let last = records.last().unwrap();
     assert_eq!(last.action, "tenant.suspend");
     assert_eq!(last.correlation_id, "ticket-4711");
-    assert!(last.actor.starts_with("token:tok_") && last.actor.ends_with("(operator)"), "{}", last.actor);
+    assert!(
+        last.actor.starts_with("token:tok_") && last.actor.ends_with("(operator)"),
+        "{}",
+        last.actor
+    );
     // A generated one when the caller sends none (or an unusable one).
     let (_, _, headers) = api
-        .call_raw("GET", "/v1/regions", Some(&operator), String::new(), &[("x-correlation-id", "bad id with spaces")])
+        .call_raw(
+            "GET",
+            "/v1/regions",
+            Some(&operator),
+            String::new(),
+            &[("x-correlation-id", "bad id with spaces")],
+        )
         .await;
     assert_eq!(headers["x-correlation-id"].len(), 36);
 });
@@ -206,9 +329,20 @@ both_backends!(metrics_and_health, |backend| {
     let (status, body, _) = api.call("GET", "/metrics", Some(&viewer), None).await;
     assert_eq!(status, StatusCode::OK);
     let text = body.as_str().unwrap();
-    assert!(text.contains(r#"cellfleet_http_requests_total{method="GET",route="/v1/tenants",status="200"} 1"#), "{text}");
-    assert!(text.contains(r#"cellfleet_tenants{state="active"} 2"#), "{text}");
-    assert!(text.contains(r#"cellfleet_cells{state="ready"} 4"#), "{text}");
+    assert!(
+        text.contains(
+            r#"cellfleet_http_requests_total{method="GET",route="/v1/tenants",status="200"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"cellfleet_tenants{state="active"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"cellfleet_cells{state="ready"} 4"#),
+        "{text}"
+    );
 });
 
 /// `openapi.json` in the repository is what the server serves; regenerate with
@@ -216,17 +350,28 @@ both_backends!(metrics_and_health, |backend| {
 #[tokio::test]
 async fn checked_in_openapi_matches_the_code() {
     use utoipa::OpenApi;
-    let generated = serde_json::to_string_pretty(&cellfleet::http::ApiDoc::openapi()).unwrap() + "\n";
+    let generated =
+        serde_json::to_string_pretty(&cellfleet::http::ApiDoc::openapi()).unwrap() + "\n";
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
     if std::env::var_os("UPDATE_OPENAPI").is_some() {
         std::fs::write(path, &generated).unwrap();
     }
     let checked_in = std::fs::read_to_string(path).unwrap_or_default();
-    assert!(checked_in == generated, "control-plane/openapi.json is stale: run UPDATE_OPENAPI=1 cargo test -p cellfleet --test api");
+    assert!(
+        checked_in == generated,
+        "control-plane/openapi.json is stale: run UPDATE_OPENAPI=1 cargo test -p cellfleet --test api"
+    );
     let doc: Value = serde_json::from_str(&generated).unwrap();
     for (_, route_path, _, _) in routes() {
         let p = route_path.split('?').next().unwrap();
-        let templated = p.replace("/acme", "/{id}").replace("/globex", "/{id}").replace("/euw1-pool-1", "/{name}").replace("/tok_unknown", "/{id}");
-        assert!(doc["paths"].get(&templated).is_some(), "{templated} is not documented");
+        let templated = p
+            .replace("/acme", "/{id}")
+            .replace("/globex", "/{id}")
+            .replace("/euw1-pool-1", "/{name}")
+            .replace("/tok_unknown", "/{id}");
+        assert!(
+            doc["paths"].get(&templated).is_some(),
+            "{templated} is not documented"
+        );
     }
 }

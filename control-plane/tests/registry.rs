@@ -1,14 +1,15 @@
 //! Registry behaviour through the service layer, on SQLite and on PostgreSQL.
 
+// A panic in a test or benchmark is a failed assertion, not a crash on user input.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::collections::BTreeMap;
 
 use cellfleet::lifecycle::Transition;
 use cellfleet::service::{Bootstrap, Error};
-use cellfleet_api::{
-    ApplyOutcome, CellName, CreateTokenRequest, Env, Role, TenantId, TenantState,
-};
+use cellfleet_api::{ApplyOutcome, CellName, CreateTokenRequest, Env, Role, TenantId, TenantState};
 use sqlx::{Executor, Row};
 use support::*;
 
@@ -25,7 +26,10 @@ async fn placements(t: &TestRegistry) -> BTreeMap<(String, String), (String, i64
     let mut out = BTreeMap::new();
     for v in t.registry.tenants(None).await.unwrap() {
         for p in v.placements {
-            out.insert((v.id.to_string(), p.env.to_string()), (p.cell.to_string(), p.generation.0));
+            out.insert(
+                (v.id.to_string(), p.env.to_string()),
+                (p.cell.to_string(), p.generation.0),
+            );
         }
     }
     out
@@ -35,26 +39,53 @@ both_backends!(apply_twice_changes_nothing, |backend| {
     let t = TestRegistry::new(backend).await;
     let tenants = format!(
         "{}{}",
-        tenant_doc("acme", "mt-standard", "{jurisdiction: eu, preferredRegion: eu-west-1}"),
+        tenant_doc(
+            "acme",
+            "mt-standard",
+            "{jurisdiction: eu, preferredRegion: eu-west-1}"
+        ),
         tenant_doc("initech", "st-dedicated", "{allowedRegions: [eu-west-1]}")
     );
     let all = format!("{FLEET}---\n{tenants}");
     let first = t.apply(&all).await.unwrap();
-    assert!(first.results.iter().all(|r| r.outcome == ApplyOutcome::Created));
+    assert!(
+        first
+            .results
+            .iter()
+            .all(|r| r.outcome == ApplyOutcome::Created)
+    );
     assert_eq!(first.placed.len(), 2);
     let records = audit_count(&t).await;
     let before = placements(&t).await;
 
     let second = t.apply(&all).await.unwrap();
     assert_eq!(second.results.len(), first.results.len());
-    assert!(second.results.iter().all(|r| r.outcome == ApplyOutcome::Unchanged), "{:?}", second.results);
+    assert!(
+        second
+            .results
+            .iter()
+            .all(|r| r.outcome == ApplyOutcome::Unchanged),
+        "{:?}",
+        second.results
+    );
     assert!(second.placed.is_empty());
-    assert_eq!(audit_count(&t).await, records, "an unchanged apply writes no audit record");
+    assert_eq!(
+        audit_count(&t).await,
+        records,
+        "an unchanged apply writes no audit record"
+    );
     assert_eq!(placements(&t).await, before);
 
     // A real change is reported with the field that changed.
-    let changed = t.apply(&all.replace("capacity: 50", "capacity: 60")).await.unwrap();
-    let cell = changed.results.iter().find(|r| r.name == "use1-pool-1").unwrap();
+    let changed = t
+        .apply(&all.replace("capacity: 50", "capacity: 60"))
+        .await
+        .unwrap();
+    let cell = changed
+        .results
+        .iter()
+        .find(|r| r.name == "use1-pool-1")
+        .unwrap();
     assert_eq!(cell.outcome, ApplyOutcome::Configured);
     assert_eq!(cell.changes.len(), 1);
     assert_eq!(cell.changes[0].path, "spec.capacity");
@@ -63,15 +94,26 @@ both_backends!(apply_twice_changes_nothing, |backend| {
 
 both_backends!(dry_run_changes_nothing, |backend| {
     let t = TestRegistry::new(backend).await;
-    let all = format!("{FLEET}---\n{}", tenant_doc("acme", "mt-standard", "{jurisdiction: eu}"));
+    let all = format!(
+        "{FLEET}---\n{}",
+        tenant_doc("acme", "mt-standard", "{jurisdiction: eu}")
+    );
     let resp = t
         .registry
         .apply(&caller(), Role::Admin, &[file("f.yaml", &all)], true)
         .await
         .unwrap();
     assert!(resp.dry_run);
-    assert_eq!(resp.placed.len(), 1, "the dry run says where the tenant would go");
-    assert!(resp.results.iter().all(|r| r.outcome == ApplyOutcome::Created && !r.changes.is_empty()));
+    assert_eq!(
+        resp.placed.len(),
+        1,
+        "the dry run says where the tenant would go"
+    );
+    assert!(
+        resp.results
+            .iter()
+            .all(|r| r.outcome == ApplyOutcome::Created && !r.changes.is_empty())
+    );
     assert!(t.registry.regions().await.unwrap().is_empty());
     assert!(t.registry.tenants(None).await.unwrap().is_empty());
     assert_eq!(audit_count(&t).await, 0);
@@ -81,17 +123,28 @@ both_backends!(a_bad_document_writes_nothing_at_all, |backend| {
     let t = TestRegistry::new(backend).await;
     let cases = [
         (
-            format!("{FLEET}---\napiVersion: cellfleet.io/v1\nkind: Cell\nmetadata: {{name: x-1}}\nspec: {{region: mars-1, kind: pooled, env: prod}}\n"),
+            format!(
+                "{FLEET}---\napiVersion: cellfleet.io/v1\nkind: Cell\nmetadata: {{name: x-1}}\nspec: {{region: mars-1, kind: pooled, env: prod}}\n"
+            ),
             "test.yaml: document 8: spec.region: unknown region mars-1",
             "spec.region",
         ),
         (
-            format!("{FLEET}---\n{}", tenant_doc("acme", "mt-standard", "{allowedRegions: [eu-west-1, ap-south-1]}")),
+            format!(
+                "{FLEET}---\n{}",
+                tenant_doc(
+                    "acme",
+                    "mt-standard",
+                    "{allowedRegions: [eu-west-1, ap-south-1]}"
+                )
+            ),
             "test.yaml: document 8: spec.residency.allowedRegions[1]: unknown region ap-south-1",
             "spec.residency.allowedRegions[1]",
         ),
         (
-            format!("{FLEET}---\napiVersion: cellfleet.io/v1\nkind: Cell\nmetadata: {{name: y-1}}\nspec: {{region: eu-west-1, kind: pooled, env: prod, capacity: -3}}\n"),
+            format!(
+                "{FLEET}---\napiVersion: cellfleet.io/v1\nkind: Cell\nmetadata: {{name: y-1}}\nspec: {{region: eu-west-1, kind: pooled, env: prod, capacity: -3}}\n"
+            ),
             "test.yaml: document 8: spec.capacity: invalid value: integer `-3`, expected u32",
             "spec.capacity",
         ),
@@ -104,7 +157,10 @@ both_backends!(a_bad_document_writes_nothing_at_all, |backend| {
             }
             other => panic!("expected a manifest error, got {other:?}"),
         }
-        assert!(t.registry.regions().await.unwrap().is_empty(), "nothing from a failed apply is written");
+        assert!(
+            t.registry.regions().await.unwrap().is_empty(),
+            "nothing from a failed apply is written"
+        );
         assert!(t.registry.cells().await.unwrap().is_empty());
         assert_eq!(audit_count(&t).await, 0);
     }
@@ -128,7 +184,11 @@ both_backends!(residency_holds_on_every_path, |backend| {
     // EU, two wait as drafts although the US cell has room.
     let mut docs = String::new();
     for i in 0..7 {
-        docs.push_str(&tenant_doc(&format!("eu{i}"), "mt-standard", "{jurisdiction: eu, preferredRegion: eu-west-1}"));
+        docs.push_str(&tenant_doc(
+            &format!("eu{i}"),
+            "mt-standard",
+            "{jurisdiction: eu, preferredRegion: eu-west-1}",
+        ));
     }
     t.apply(&docs).await.unwrap();
     let views = t.registry.tenants(None).await.unwrap();
@@ -136,7 +196,10 @@ both_backends!(residency_holds_on_every_path, |backend| {
     for v in &views {
         match v.state {
             TenantState::Active => {
-                assert!(["eu-west-1", "eu-central-1"].contains(&v.placements[0].region.as_str()), "{v:?}");
+                assert!(
+                    ["eu-west-1", "eu-central-1"].contains(&v.placements[0].region.as_str()),
+                    "{v:?}"
+                );
             }
             TenantState::Draft => {
                 drafts += 1;
@@ -149,7 +212,10 @@ both_backends!(residency_holds_on_every_path, |backend| {
     }
     assert_eq!(drafts, 2);
     // Tenants that prefer eu-west-1 fill it first, then fall back to the closest EU region.
-    let regions: Vec<String> = views.iter().flat_map(|v| v.placements.iter().map(|p| p.region.to_string())).collect();
+    let regions: Vec<String> = views
+        .iter()
+        .flat_map(|v| v.placements.iter().map(|p| p.region.to_string()))
+        .collect();
     assert_eq!(regions.iter().filter(|r| *r == "eu-west-1").count(), 3);
     assert_eq!(regions.iter().filter(|r| *r == "eu-central-1").count(), 2);
 
@@ -178,23 +244,44 @@ both_backends!(residency_holds_on_every_path, |backend| {
     assert!(more.placed.iter().all(|p| p.cell.as_str() == "euc1-pool-2"));
 
     // A residency change that would leave the tenant's region is refused…
-    let acme_region = t.registry.tenant(&tid("eu0")).await.unwrap().placements[0].region.to_string();
-    let other = if acme_region == "eu-west-1" { "eu-central-1" } else { "eu-west-1" };
+    let acme_region = t.registry.tenant(&tid("eu0")).await.unwrap().placements[0]
+        .region
+        .to_string();
+    let other = if acme_region == "eu-west-1" {
+        "eu-central-1"
+    } else {
+        "eu-west-1"
+    };
     let err = t
-        .apply(&tenant_doc("eu0", "mt-standard", &format!("{{allowedRegions: [{other}]}}")))
+        .apply(&tenant_doc(
+            "eu0",
+            "mt-standard",
+            &format!("{{allowedRegions: [{other}]}}"),
+        ))
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("spec.residency: tenant eu0 (prod) is on cell"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("spec.residency: tenant eu0 (prod) is on cell"),
+        "{err}"
+    );
     // …and so is a region jurisdiction change that would put placed tenants outside theirs.
     let err = t
         .apply("apiVersion: cellfleet.io/v1\nkind: Region\nmetadata: {name: eu-west-1}\nspec: {jurisdiction: us, location: {lat: 53.35, lon: -6.26}}\n")
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("spec.jurisdiction: changing the jurisdiction to us would put tenant"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("spec.jurisdiction: changing the jurisdiction to us would put tenant"),
+        "{err}"
+    );
     // No placement anywhere is outside its tenant's residency.
     for v in t.registry.tenants(None).await.unwrap() {
         let explain = t.registry.explain(&v.id).await.unwrap();
-        assert!(explain.placements.iter().all(|p| p.residency_satisfied), "{explain:?}");
+        assert!(
+            explain.placements.iter().all(|p| p.residency_satisfied),
+            "{explain:?}"
+        );
     }
 });
 
@@ -203,7 +290,11 @@ both_backends!(adding_a_cell_moves_no_placed_tenant, |backend| {
     t.apply(FLEET).await.unwrap();
     let mut docs = String::new();
     for i in 0..10 {
-        docs.push_str(&tenant_doc(&format!("us{i}"), "mt-standard", "{jurisdiction: us}"));
+        docs.push_str(&tenant_doc(
+            &format!("us{i}"),
+            "mt-standard",
+            "{jurisdiction: us}",
+        ));
     }
     t.apply(&docs).await.unwrap();
     let before = placements(&t).await;
@@ -211,43 +302,118 @@ both_backends!(adding_a_cell_moves_no_placed_tenant, |backend| {
     t.apply("apiVersion: cellfleet.io/v1\nkind: Cell\nmetadata: {name: use1-pool-2}\nspec: {region: us-east-1, kind: pooled, env: prod, capacity: 500}\n")
         .await
         .unwrap();
-    assert_eq!(placements(&t).await, before, "placements are stored, never recomputed");
+    assert_eq!(
+        placements(&t).await,
+        before,
+        "placements are stored, never recomputed"
+    );
     // New tenants may go to the new cell.
-    t.apply(&tenant_doc("us-new", "mt-standard", "{jurisdiction: us}")).await.unwrap();
+    t.apply(&tenant_doc("us-new", "mt-standard", "{jurisdiction: us}"))
+        .await
+        .unwrap();
     assert_eq!(placements(&t).await.len(), 11);
 });
 
 both_backends!(lifecycle_guards_and_retention, |backend| {
     let t = TestRegistry::with_settings(backend, retention(3600)).await;
     t.apply(FLEET).await.unwrap();
-    t.apply(&tenant_doc("acme", "mt-standard", "{jurisdiction: eu}")).await.unwrap();
-    t.apply(&tenant_doc("nowhere", "mt-standard", "{jurisdiction: ap}")).await.unwrap();
+    t.apply(&tenant_doc("acme", "mt-standard", "{jurisdiction: eu}"))
+        .await
+        .unwrap();
+    t.apply(&tenant_doc("nowhere", "mt-standard", "{jurisdiction: ap}"))
+        .await
+        .unwrap();
     let c = caller();
     let acme = tid("acme");
 
-    let err = t.registry.transition(&c, &tid("nowhere"), Transition::Suspend, None).await.unwrap_err();
-    assert_eq!(err.to_string(), "tenant nowhere: cannot suspend a tenant that is draft (only from active)");
-    let err = t.registry.transition(&c, &acme, Transition::Resume, None).await.unwrap_err();
+    let err = t
+        .registry
+        .transition(&c, &tid("nowhere"), Transition::Suspend, None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "tenant nowhere: cannot suspend a tenant that is draft (only from active)"
+    );
+    let err = t
+        .registry
+        .transition(&c, &acme, Transition::Resume, None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Conflict(_)), "{err}");
-    let err = t.registry.transition(&c, &acme, Transition::Delete, None).await.unwrap_err();
-    assert_eq!(err.to_string(), "tenant acme: cannot delete a tenant that is active (only from archived)");
+    let err = t
+        .registry
+        .transition(&c, &acme, Transition::Delete, None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "tenant acme: cannot delete a tenant that is active (only from archived)"
+    );
 
-    let v = t.registry.transition(&c, &acme, Transition::Suspend, Some("unpaid".into())).await.unwrap();
-    assert_eq!((v.state, v.state_reason.as_deref()), (TenantState::Suspended, Some("unpaid")));
-    let v = t.registry.transition(&c, &acme, Transition::Resume, None).await.unwrap();
+    let v = t
+        .registry
+        .transition(&c, &acme, Transition::Suspend, Some("unpaid".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (v.state, v.state_reason.as_deref()),
+        (TenantState::Suspended, Some("unpaid"))
+    );
+    let v = t
+        .registry
+        .transition(&c, &acme, Transition::Resume, None)
+        .await
+        .unwrap();
     assert_eq!(v.state, TenantState::Active);
-    let v = t.registry.transition(&c, &acme, Transition::Archive, None).await.unwrap();
+    let v = t
+        .registry
+        .transition(&c, &acme, Transition::Archive, None)
+        .await
+        .unwrap();
     assert_eq!(v.state, TenantState::Archived);
     assert!(v.deletable_after.unwrap() > v.archived_at.unwrap());
-    assert_eq!(v.placements.len(), 1, "archived data is kept under retention");
-    let err = t.registry.transition(&c, &acme, Transition::Delete, None).await.unwrap_err();
-    assert!(err.to_string().contains("cannot delete before the archive retention has passed"), "{err}");
+    assert_eq!(
+        v.placements.len(),
+        1,
+        "archived data is kept under retention"
+    );
+    let err = t
+        .registry
+        .transition(&c, &acme, Transition::Delete, None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("cannot delete before the archive retention has passed"),
+        "{err}"
+    );
     // Archived data still exists, so the context still says where it is.
-    assert_eq!(t.registry.context(&acme, &Env::prod()).await.unwrap().state, TenantState::Archived);
+    assert_eq!(
+        t.registry.context(&acme, &Env::prod()).await.unwrap().state,
+        TenantState::Archived
+    );
 
-    let actions: Vec<String> = t.registry.audit(Some("tenant/acme"), 100).await.unwrap().into_iter().map(|r| r.action).collect();
-    for a in ["tenant.created", "placement.create", "tenant.activate", "tenant.suspend", "tenant.resume", "tenant.archive"] {
-        assert!(actions.contains(&a.to_owned()), "{a} missing from {actions:?}");
+    let actions: Vec<String> = t
+        .registry
+        .audit(Some("tenant/acme"), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.action)
+        .collect();
+    for a in [
+        "tenant.created",
+        "placement.create",
+        "tenant.activate",
+        "tenant.suspend",
+        "tenant.resume",
+        "tenant.archive",
+    ] {
+        assert!(
+            actions.contains(&a.to_owned()),
+            "{a} missing from {actions:?}"
+        );
     }
 });
 
@@ -256,23 +422,53 @@ both_backends!(delete_frees_capacity_and_reserves_the_id, |backend| {
     t.apply(FLEET).await.unwrap();
     // euc1-pool-1 holds 2.
     let residency = "{allowedRegions: [eu-central-1]}";
-    t.apply(&format!("{}{}", tenant_doc("a", "mt-standard", residency), tenant_doc("b", "mt-standard", residency)))
+    t.apply(&format!(
+        "{}{}",
+        tenant_doc("a", "mt-standard", residency),
+        tenant_doc("b", "mt-standard", residency)
+    ))
+    .await
+    .unwrap();
+    t.apply(&tenant_doc("c", "mt-standard", residency))
         .await
         .unwrap();
-    t.apply(&tenant_doc("c", "mt-standard", residency)).await.unwrap();
-    assert_eq!(t.registry.tenant(&tid("c")).await.unwrap().state, TenantState::Draft);
+    assert_eq!(
+        t.registry.tenant(&tid("c")).await.unwrap().state,
+        TenantState::Draft
+    );
     let c = caller();
-    t.registry.transition(&c, &tid("a"), Transition::Archive, None).await.unwrap();
-    let deleted = t.registry.transition(&c, &tid("a"), Transition::Delete, None).await.unwrap();
+    t.registry
+        .transition(&c, &tid("a"), Transition::Archive, None)
+        .await
+        .unwrap();
+    let deleted = t
+        .registry
+        .transition(&c, &tid("a"), Transition::Delete, None)
+        .await
+        .unwrap();
     assert_eq!(deleted.state, TenantState::Deleted);
     assert!(deleted.placements.is_empty());
     // The freed slot went to the waiting draft in the same transaction.
     let waiting = t.registry.tenant(&tid("c")).await.unwrap();
     assert_eq!(waiting.state, TenantState::Active);
     assert_eq!(waiting.placements[0].cell.as_str(), "euc1-pool-1");
-    assert!(t.registry.tenants(None).await.unwrap().iter().all(|v| v.id.as_str() != "a"), "deleted tenants are not listed");
-    let err = t.apply(&tenant_doc("a", "mt-standard", residency)).await.unwrap_err();
-    assert_eq!(err.to_string(), "test.yaml: document 1: metadata.name: tenant a was deleted; tenant ids are never reused");
+    assert!(
+        t.registry
+            .tenants(None)
+            .await
+            .unwrap()
+            .iter()
+            .all(|v| v.id.as_str() != "a"),
+        "deleted tenants are not listed"
+    );
+    let err = t
+        .apply(&tenant_doc("a", "mt-standard", residency))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "test.yaml: document 1: metadata.name: tenant a was deleted; tenant ids are never reused"
+    );
     assert!(t.registry.context(&tid("a"), &Env::prod()).await.is_err());
 });
 
@@ -288,39 +484,97 @@ both_backends!(capacity_holds_under_concurrent_creates, |backend| {
         let registry = t.registry.clone();
         let spec = spec.clone();
         handles.push(tokio::spawn(async move {
-            registry.create_tenant(&caller(), &tid(&format!("t{i}")), &spec).await
+            registry
+                .create_tenant(&caller(), &tid(&format!("t{i}")), &spec)
+                .await
         }));
     }
     for h in handles {
         h.await.unwrap().unwrap();
     }
     let views = t.registry.tenants(None).await.unwrap();
-    assert_eq!(views.iter().filter(|v| v.state == TenantState::Active).count(), 5, "EU pooled capacity is 3 + 2");
+    assert_eq!(
+        views
+            .iter()
+            .filter(|v| v.state == TenantState::Active)
+            .count(),
+        5,
+        "EU pooled capacity is 3 + 2"
+    );
     for c in t.registry.cells().await.unwrap() {
-        assert!(c.load <= c.capacity, "{} holds {} > {}", c.name, c.load, c.capacity);
+        assert!(
+            c.load <= c.capacity,
+            "{} holds {} > {}",
+            c.name,
+            c.load,
+            c.capacity
+        );
     }
-    assert!(t.registry.verify_audit().await.unwrap().ok, "concurrent writers keep the chain intact");
+    assert!(
+        t.registry.verify_audit().await.unwrap().ok,
+        "concurrent writers keep the chain intact"
+    );
 });
 
 both_backends!(cell_changes_that_would_move_data_are_refused, |backend| {
     let t = TestRegistry::new(backend).await;
     t.apply(FLEET).await.unwrap();
-    t.apply(&tenant_doc("a", "mt-standard", "{allowedRegions: [eu-central-1]}")).await.unwrap();
-    let cell = |spec: &str| format!("apiVersion: cellfleet.io/v1\nkind: Cell\nmetadata: {{name: euc1-pool-1}}\nspec: {spec}\n");
-    let err = t.apply(&cell("{region: eu-west-1, kind: pooled, env: prod, capacity: 2}")).await.unwrap_err();
-    assert_eq!(err.to_string(), "test.yaml: document 1: spec.region: cell euc1-pool-1 holds 1 tenant environment(s); move them before changing its region");
-    let err = t.apply(&cell("{region: eu-central-1, kind: pooled, env: staging, capacity: 2}")).await.unwrap_err();
+    t.apply(&tenant_doc(
+        "a",
+        "mt-standard",
+        "{allowedRegions: [eu-central-1]}",
+    ))
+    .await
+    .unwrap();
+    let cell = |spec: &str| {
+        format!(
+            "apiVersion: cellfleet.io/v1\nkind: Cell\nmetadata: {{name: euc1-pool-1}}\nspec: {spec}\n"
+        )
+    };
+    let err = t
+        .apply(&cell(
+            "{region: eu-west-1, kind: pooled, env: prod, capacity: 2}",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "test.yaml: document 1: spec.region: cell euc1-pool-1 holds 1 tenant environment(s); move them before changing its region"
+    );
+    let err = t
+        .apply(&cell(
+            "{region: eu-central-1, kind: pooled, env: staging, capacity: 2}",
+        ))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("spec.env:"), "{err}");
     // Shrinking to the load is fine; below it is not (capacity 1 == load 1 is allowed).
-    t.apply(&cell("{region: eu-central-1, kind: pooled, env: prod, capacity: 1}")).await.unwrap();
-    let err = t.apply(&tenant_doc("a", "st-dedicated", "{allowedRegions: [eu-central-1]}")).await.unwrap_err();
-    assert!(err.to_string().contains("spec.profile: tenant a is placed as mt-standard"), "{err}");
+    t.apply(&cell(
+        "{region: eu-central-1, kind: pooled, env: prod, capacity: 1}",
+    ))
+    .await
+    .unwrap();
+    let err = t
+        .apply(&tenant_doc(
+            "a",
+            "st-dedicated",
+            "{allowedRegions: [eu-central-1]}",
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("spec.profile: tenant a is placed as mt-standard"),
+        "{err}"
+    );
 });
 
 both_backends!(audit_chain_detects_tampering, |backend| {
     let t = TestRegistry::new(backend).await;
     t.apply(FLEET).await.unwrap();
-    t.apply(&tenant_doc("acme", "mt-standard", "{jurisdiction: eu}")).await.unwrap();
+    t.apply(&tenant_doc("acme", "mt-standard", "{jurisdiction: eu}"))
+        .await
+        .unwrap();
     let ok = t.registry.verify_audit().await.unwrap();
     assert!(ok.ok);
     let n = ok.records;
@@ -328,7 +582,9 @@ both_backends!(audit_chain_detects_tampering, |backend| {
     let mut raw = t.raw().await;
 
     // Edit a payload.
-    raw.execute("UPDATE audit_log SET payload = '{\"forged\":true}' WHERE seq = 3").await.unwrap();
+    raw.execute("UPDATE audit_log SET payload = '{\"forged\":true}' WHERE seq = 3")
+        .await
+        .unwrap();
     let v = t.registry.verify_audit().await.unwrap();
     assert!(!v.ok);
     assert_eq!(v.first_bad.as_ref().unwrap().seq, 3);
@@ -346,10 +602,14 @@ both_backends!(audit_chain_detects_tampering, |backend| {
                 "UPDATE audit_log SET seq = 2 WHERE seq = 3",
                 "UPDATE audit_log SET seq = 3 WHERE seq = -2",
             ],
-            "truncate" => vec!["DELETE FROM audit_log WHERE seq = (SELECT MAX(seq) FROM audit_log)"],
-            _ => vec!["INSERT INTO audit_log (seq, at, actor, action, target, correlation_id, payload, prev_hash, hash) \
+            "truncate" => {
+                vec!["DELETE FROM audit_log WHERE seq = (SELECT MAX(seq) FROM audit_log)"]
+            }
+            _ => vec![
+                "INSERT INTO audit_log (seq, at, actor, action, target, correlation_id, payload, prev_hash, hash) \
                        SELECT seq + 1, at, actor, action, target, correlation_id, payload, hash, hash FROM audit_log \
-                       WHERE seq = (SELECT MAX(seq) FROM audit_log)"],
+                       WHERE seq = (SELECT MAX(seq) FROM audit_log)",
+            ],
         };
         for s in sql {
             raw.execute(s).await.unwrap();
@@ -366,83 +626,162 @@ both_backends!(audit_chain_detects_tampering, |backend| {
     }
 });
 
-both_backends!(every_mutation_is_audited_with_actor_and_correlation, |backend| {
-    let t = TestRegistry::new(backend).await;
-    t.apply(FLEET).await.unwrap();
-    let records = t.registry.audit(None, 1000).await.unwrap();
-    assert_eq!(records.len(), 7, "3 regions + 4 cells");
-    assert!(records.iter().all(|r| r.actor == "test" && r.correlation_id == "test-correlation"));
-    assert!(records.windows(2).all(|w| w[1].prev_hash == w[0].hash && w[1].seq == w[0].seq + 1));
-    let cell = records.iter().find(|r| r.target == "cell/euw1-pool-1").unwrap();
-    assert_eq!(cell.action, "cell.created");
-    assert_eq!(cell.payload["labels"]["canary"], "true");
-});
-
-both_backends!(tokens_bootstrap_once_and_agents_are_bound_to_a_cell, |backend| {
-    let t = TestRegistry::new(backend).await;
-    t.apply(FLEET).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("admin.token");
-    assert_eq!(t.registry.bootstrap_admin(&path).await.unwrap(), Bootstrap::Written(path.clone()));
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+both_backends!(
+    every_mutation_is_audited_with_actor_and_correlation,
+    |backend| {
+        let t = TestRegistry::new(backend).await;
+        t.apply(FLEET).await.unwrap();
+        let records = t.registry.audit(None, 1000).await.unwrap();
+        assert_eq!(records.len(), 7, "3 regions + 4 cells");
+        assert!(
+            records
+                .iter()
+                .all(|r| r.actor == "test" && r.correlation_id == "test-correlation")
+        );
+        assert!(
+            records
+                .windows(2)
+                .all(|w| w[1].prev_hash == w[0].hash && w[1].seq == w[0].seq + 1)
+        );
+        let cell = records
+            .iter()
+            .find(|r| r.target == "cell/euw1-pool-1")
+            .unwrap();
+        assert_eq!(cell.action, "cell.created");
+        assert_eq!(cell.payload["labels"]["canary"], "true");
     }
-    let secret = std::fs::read_to_string(&path).unwrap();
-    let admin = t.registry.authenticate(secret.trim()).await.unwrap().unwrap();
-    assert_eq!(admin.role, Role::Admin);
-    assert_eq!(t.registry.bootstrap_admin(&dir.path().join("again")).await.unwrap(), Bootstrap::NotNeeded);
-    assert!(!dir.path().join("again").exists());
+);
 
-    let req = |role, cell: Option<&str>| CreateTokenRequest {
-        role,
-        cell: cell.map(|c| CellName::new(c).unwrap()),
-        description: None,
-    };
-    let c = caller();
-    assert_eq!(
-        t.registry.create_token(&c, &req(Role::Agent, None)).await.unwrap_err().to_string(),
-        "an agent token must be bound to a cell (--cell CELL)"
-    );
-    assert_eq!(
-        t.registry.create_token(&c, &req(Role::Agent, Some("nope-1"))).await.unwrap_err().to_string(),
-        "cell nope-1 not found"
-    );
-    assert_eq!(
-        t.registry.create_token(&c, &req(Role::Viewer, Some("euw1-pool-1"))).await.unwrap_err().to_string(),
-        "only agent tokens are bound to a cell, not viewer tokens"
-    );
-    let agent = t.registry.create_token(&c, &req(Role::Agent, Some("euw1-pool-1"))).await.unwrap();
-    let p = t.registry.authenticate(&agent.token).await.unwrap().unwrap();
-    assert_eq!((p.role, p.cell.unwrap().as_str()), (Role::Agent, "euw1-pool-1"));
-    // Only the hash is stored.
-    let mut raw = t.raw().await;
-    let stored: String = raw
-        .fetch_one(sqlx::query("SELECT hash FROM tokens WHERE id = $1").bind(agent.id.clone()))
-        .await
-        .unwrap()
-        .get(0);
-    assert_ne!(stored, agent.token);
-    assert_eq!(stored, cellfleet::auth::hash_token(&agent.token));
+both_backends!(
+    tokens_bootstrap_once_and_agents_are_bound_to_a_cell,
+    |backend| {
+        let t = TestRegistry::new(backend).await;
+        t.apply(FLEET).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.token");
+        assert_eq!(
+            t.registry.bootstrap_admin(&path).await.unwrap(),
+            Bootstrap::Written(path.clone())
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        let secret = std::fs::read_to_string(&path).unwrap();
+        let admin = t
+            .registry
+            .authenticate(secret.trim())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(admin.role, Role::Admin);
+        assert_eq!(
+            t.registry
+                .bootstrap_admin(&dir.path().join("again"))
+                .await
+                .unwrap(),
+            Bootstrap::NotNeeded
+        );
+        assert!(!dir.path().join("again").exists());
 
-    t.registry.revoke_token(&c, &agent.id).await.unwrap();
-    assert!(t.registry.authenticate(&agent.token).await.unwrap().is_none());
-    assert!(matches!(t.registry.revoke_token(&c, &agent.id).await, Err(Error::Conflict(_))));
-});
+        let req = |role, cell: Option<&str>| CreateTokenRequest {
+            role,
+            cell: cell.map(|c| CellName::new(c).unwrap()),
+            description: None,
+        };
+        let c = caller();
+        assert_eq!(
+            t.registry
+                .create_token(&c, &req(Role::Agent, None))
+                .await
+                .unwrap_err()
+                .to_string(),
+            "an agent token must be bound to a cell (--cell CELL)"
+        );
+        assert_eq!(
+            t.registry
+                .create_token(&c, &req(Role::Agent, Some("nope-1")))
+                .await
+                .unwrap_err()
+                .to_string(),
+            "cell nope-1 not found"
+        );
+        assert_eq!(
+            t.registry
+                .create_token(&c, &req(Role::Viewer, Some("euw1-pool-1")))
+                .await
+                .unwrap_err()
+                .to_string(),
+            "only agent tokens are bound to a cell, not viewer tokens"
+        );
+        let agent = t
+            .registry
+            .create_token(&c, &req(Role::Agent, Some("euw1-pool-1")))
+            .await
+            .unwrap();
+        let p = t
+            .registry
+            .authenticate(&agent.token)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (p.role, p.cell.unwrap().as_str()),
+            (Role::Agent, "euw1-pool-1")
+        );
+        // Only the hash is stored.
+        let mut raw = t.raw().await;
+        let stored: String = raw
+            .fetch_one(sqlx::query("SELECT hash FROM tokens WHERE id = $1").bind(agent.id.clone()))
+            .await
+            .unwrap()
+            .get(0);
+        assert_ne!(stored, agent.token);
+        assert_eq!(stored, cellfleet::auth::hash_token(&agent.token));
+
+        t.registry.revoke_token(&c, &agent.id).await.unwrap();
+        assert!(
+            t.registry
+                .authenticate(&agent.token)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(matches!(
+            t.registry.revoke_token(&c, &agent.id).await,
+            Err(Error::Conflict(_))
+        ));
+    }
+);
 
 both_backends!(context_and_explain, |backend| {
     let t = TestRegistry::new(backend).await;
     t.apply(FLEET).await.unwrap();
     t.apply(&format!(
         "{}{}{}",
-        tenant_doc("acme", "mt-standard", "{jurisdiction: eu, preferredRegion: eu-west-1}"),
-        tenant_doc("big", "st-dedicated", "{jurisdiction: eu, preferredRegion: eu-central-1}"),
+        tenant_doc(
+            "acme",
+            "mt-standard",
+            "{jurisdiction: eu, preferredRegion: eu-west-1}"
+        ),
+        tenant_doc(
+            "big",
+            "st-dedicated",
+            "{jurisdiction: eu, preferredRegion: eu-central-1}"
+        ),
         tenant_doc("far", "mt-standard", "{jurisdiction: ap}")
     ))
     .await
     .unwrap();
-    let ctx = t.registry.context(&tid("acme"), &Env::prod()).await.unwrap();
+    let ctx = t
+        .registry
+        .context(&tid("acme"), &Env::prod())
+        .await
+        .unwrap();
     assert_eq!(ctx.cell.as_str(), "euw1-pool-1");
     assert_eq!(ctx.isolation.object_store.prefix, "tenants/acme/");
     assert_eq!(ctx.tags["region"], "eu-west-1");
@@ -459,7 +798,17 @@ both_backends!(context_and_explain, |backend| {
 
     let far = t.registry.explain(&tid("far")).await.unwrap();
     assert_eq!(far.state, TenantState::Draft);
-    assert_eq!(far.unplaced[0].summary, "no region satisfies residency (jurisdiction ap)");
-    let err = t.registry.context(&tid("far"), &Env::prod()).await.unwrap_err();
-    assert_eq!(err.to_string(), "tenant far has no placement in env prod (state draft: env prod: no region satisfies residency (jurisdiction ap))");
+    assert_eq!(
+        far.unplaced[0].summary,
+        "no region satisfies residency (jurisdiction ap)"
+    );
+    let err = t
+        .registry
+        .context(&tid("far"), &Env::prod())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "tenant far has no placement in env prod (state draft: env prod: no region satisfies residency (jurisdiction ap))"
+    );
 });

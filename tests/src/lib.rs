@@ -66,7 +66,9 @@ impl TestDb {
     /// A connection of its own to the database (for looking behind the API's back).
     pub async fn raw(&self) -> sqlx::AnyConnection {
         sqlx::any::install_default_drivers();
-        sqlx::AnyConnection::connect(&self.url).await.expect("raw connection")
+        sqlx::AnyConnection::connect(&self.url)
+            .await
+            .expect("raw connection")
     }
 }
 
@@ -77,12 +79,17 @@ impl Drop for TestDb {
             // runtime of its own.
             let admin = postgres_admin_url();
             let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
                 rt.block_on(async move {
                     let mut conn = sqlx::PgConnection::connect(&admin).await.ok()?;
-                    conn.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                        .await
-                        .ok()
+                    conn.execute(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .await
+                    .ok()
                 })
             })
             .join();
@@ -103,15 +110,28 @@ fn random_suffix() -> String {
 /// running cargo for the build lock, so a missing or stale binary is an error that says what to
 /// run instead of a silent test of old code.
 pub fn cellfleet_bin() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned();
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
     let bin = target.join("debug").join("cellfleet");
-    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).unwrap_or_else(|_| {
-        panic!("{} is missing: run `cargo test --workspace` (or `cargo build -p cellfleet`)", bin.display())
-    });
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: run `cargo test --workspace` (or `cargo build -p cellfleet`)",
+                bin.display()
+            )
+        });
     // Cargo's dep-info next to the binary lists exactly the sources it was built from.
     let dep_info = std::fs::read_to_string(bin.with_extension("d")).unwrap_or_default();
-    let sources = dep_info.split_once(": ").map(|(_, deps)| deps).unwrap_or("");
+    let sources = dep_info
+        .split_once(": ")
+        .map(|(_, deps)| deps)
+        .unwrap_or("");
     for source in sources.split_whitespace().filter(|s| !s.ends_with('\\')) {
         let changed = std::fs::metadata(source).and_then(|m| m.modified());
         if let Ok(changed) = changed {
@@ -127,7 +147,11 @@ pub fn cellfleet_bin() -> PathBuf {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// A `cellfleet serve` or `cellfleet up` process this test started; killed on drop.
@@ -170,7 +194,10 @@ impl ServerProcess {
                     panic!("cellfleet exited before it was ready; it printed: {banner:?}");
                 }
             }
-            assert!(Instant::now() < deadline, "cellfleet not ready in time: {banner:?}");
+            assert!(
+                Instant::now() < deadline,
+                "cellfleet not ready in time: {banner:?}"
+            );
         }
         // Keep draining stdout so the process never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
@@ -210,7 +237,9 @@ pub fn http_get(base: &str, path: &str, token: Option<&str>) -> std::io::Result<
     let addr = base.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
@@ -219,7 +248,10 @@ pub fn http_get(base: &str, path: &str, token: Option<&str>) -> std::io::Result<
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -233,7 +265,8 @@ pub struct Run {
 
 impl Run {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
     }
 
     /// Asserts success and returns stdout.
@@ -245,7 +278,14 @@ impl Run {
 
 /// Runs the operator CLI against `server` with the token in `token_file`.
 pub fn cli(server: &str, token_file: &Path, args: &[&str]) -> Run {
-    cli_with(server, &[("CELLFLEET_TOKEN_FILE", token_file.to_str().expect("utf-8 path"))], args)
+    cli_with(
+        server,
+        &[(
+            "CELLFLEET_TOKEN_FILE",
+            token_file.to_str().expect("utf-8 path"),
+        )],
+        args,
+    )
 }
 
 /// Runs the operator CLI with extra environment.

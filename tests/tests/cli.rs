@@ -1,6 +1,9 @@
 //! End to end: the real `cellfleet` binary as the server (`serve`, `up`) and as the operator CLI,
 //! on SQLite and PostgreSQL.
 
+// A panic in a test or benchmark is a failed assertion, not a crash on user input.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 
 use cellfleet_e2e::{Db, ServerProcess, TestDb, cli, cli_with, http_get};
@@ -40,14 +43,27 @@ async fn operator_workflow(db: Db) {
     let test_db = TestDb::new(db).await;
     let token_file = test_db.dir.path().join("admin.token");
     let server = ServerProcess::start(
-        &["serve", "--database-url", &test_db.url, "--admin-token-file", token_file.to_str().unwrap()],
+        &[
+            "serve",
+            "--database-url",
+            &test_db.url,
+            "--admin-token-file",
+            token_file.to_str().unwrap(),
+        ],
         "listening on",
     );
-    assert!(server.banner[0].contains("bootstrap admin token written to"), "{:?}", server.banner);
+    assert!(
+        server.banner[0].contains("bootstrap admin token written to"),
+        "{:?}",
+        server.banner
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
     let run = |args: &[&str]| cli(&server.url, &token_file, args);
 
@@ -60,33 +76,67 @@ async fn operator_workflow(db: Db) {
     let text = out.ok();
     assert!(text.contains("Region eu-west-1 created"), "{text}");
     assert!(text.contains("Cell euw1-pool-1 created"), "{text}");
-    assert!(text.contains("tenant acme (prod) placed on euw1-pool-1 (generation 1)"), "{text}");
+    assert!(
+        text.contains("tenant acme (prod) placed on euw1-pool-1 (generation 1)"),
+        "{text}"
+    );
     let again = run(&["apply", "-f", dir]);
     assert_eq!(
         again.ok().lines().collect::<Vec<_>>(),
-        ["Region eu-west-1 unchanged", "Cell euw1-pool-1 unchanged", "Tenant acme unchanged"]
+        [
+            "Region eu-west-1 unchanged",
+            "Cell euw1-pool-1 unchanged",
+            "Tenant acme unchanged"
+        ]
     );
 
     // --dry-run prints the diff and changes nothing.
-    let changed = write(manifests.path(), "changed.yaml", &TENANTS.replace("requestsPerSecond: 200", "requestsPerSecond: 300"));
+    let changed = write(
+        manifests.path(),
+        "changed.yaml",
+        &TENANTS.replace("requestsPerSecond: 200", "requestsPerSecond: 300"),
+    );
     let dry = run(&["apply", "-f", &changed, "--dry-run"]);
     let text = dry.ok();
     assert!(text.contains("Tenant acme would be configured"), "{text}");
-    assert!(text.contains("spec.quotas.requestsPerSecond: 200 -> 300"), "{text}");
+    assert!(
+        text.contains("spec.quotas.requestsPerSecond: 200 -> 300"),
+        "{text}"
+    );
     assert!(text.contains("dry run: nothing was changed"), "{text}");
     let acme = run(&["tenant", "get", "acme", "-o", "json"]).json();
     assert_eq!(acme["spec"]["quotas"]["requestsPerSecond"], 200);
 
     // A bad document: a one-line reason naming file, document and field; exit non-zero.
-    let bad = write(manifests.path(), "bad.yaml", &format!("{FLEET}---\n{}", TENANTS.replace("mt-standard", "platinum")));
+    let bad = write(
+        manifests.path(),
+        "bad.yaml",
+        &format!("{FLEET}---\n{}", TENANTS.replace("mt-standard", "platinum")),
+    );
     let out = run(&["apply", "-f", &bad]);
     assert_ne!(out.code, 0);
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
-    assert!(out.stderr.contains(&format!("{bad}: document 3: spec.profile: unknown variant `platinum`")), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "{bad}: document 3: spec.profile: unknown variant `platinum`"
+        )),
+        "{}",
+        out.stderr
+    );
 
     // Tenant commands.
     let created = run(&[
-        "tenant", "create", "globex", "--display-name", "Globex", "--allowed-regions", "eu-west-1", "--flag", "beta=true", "-o", "json",
+        "tenant",
+        "create",
+        "globex",
+        "--display-name",
+        "Globex",
+        "--allowed-regions",
+        "eu-west-1",
+        "--flag",
+        "beta=true",
+        "-o",
+        "json",
     ]);
     let v = created.json();
     assert_eq!(v["state"], "active");
@@ -95,21 +145,41 @@ async fn operator_workflow(db: Db) {
     let list = run(&["tenant", "list", "-o", "json"]).json();
     assert_eq!(list.as_array().unwrap().len(), 2);
     let table = run(&["tenant", "list"]);
-    assert!(table.ok().lines().next().unwrap().contains("ID"), "{}", table.stdout);
+    assert!(
+        table.ok().lines().next().unwrap().contains("ID"),
+        "{}",
+        table.stdout
+    );
     let explain = run(&["tenant", "explain", "acme"]);
-    assert!(explain.ok().contains("acme/prod is on euw1-pool-1 in eu-west-1 (its preferred region"), "{}", explain.stdout);
+    assert!(
+        explain
+            .ok()
+            .contains("acme/prod is on euw1-pool-1 in eu-west-1 (its preferred region"),
+        "{}",
+        explain.stdout
+    );
     let ctx = run(&["tenant", "context", "acme", "--env", "prod", "-o", "json"]).json();
     assert_eq!(ctx["isolation"]["database"]["rowScope"], "acme");
     assert_eq!(ctx["quotas"]["requestsPerSecond"], 200);
     run(&["tenant", "suspend", "acme", "--reason", "unpaid invoice"]).ok();
     let out = run(&["tenant", "suspend", "acme"]);
     assert_ne!(out.code, 0);
-    assert!(out.stderr.contains("cannot suspend a tenant that is suspended (only from active)"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("cannot suspend a tenant that is suspended (only from active)"),
+        "{}",
+        out.stderr
+    );
     run(&["tenant", "resume", "acme"]).ok();
     run(&["tenant", "archive", "acme"]).ok();
     let out = run(&["tenant", "delete", "acme"]);
     assert_ne!(out.code, 0);
-    assert!(out.stderr.contains("cannot delete before the archive retention has passed"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("cannot delete before the archive retention has passed"),
+        "{}",
+        out.stderr
+    );
 
     // Tokens: shown once as JSON; a viewer may read but not change; a revoked token is dead.
     let token = run(&["token", "create", "--role", "viewer", "-o", "json"]).json();
@@ -119,29 +189,65 @@ async fn operator_workflow(db: Db) {
     as_viewer(&["cell", "list"]).ok();
     let out = as_viewer(&["tenant", "suspend", "globex"]);
     assert_ne!(out.code, 0);
-    assert!(out.stderr.contains("role viewer may not change tenants (forbidden, HTTP 403)"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("role viewer may not change tenants (forbidden, HTTP 403)"),
+        "{}",
+        out.stderr
+    );
     let listed = run(&["token", "list", "-o", "json"]).json();
-    assert!(listed.as_array().unwrap().iter().all(|t| t.get("token").is_none()), "secrets are never listed");
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t.get("token").is_none()),
+        "secrets are never listed"
+    );
     run(&["token", "revoke", token["id"].as_str().unwrap()]).ok();
     let out = as_viewer(&["cell", "list"]);
-    assert!(out.stderr.contains("missing or invalid bearer token"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("missing or invalid bearer token"),
+        "{}",
+        out.stderr
+    );
     let out = cli_with(&server.url, &[], &["cell", "list"]);
     assert!(out.stderr.contains("no API token"), "{}", out.stderr);
 
     // Audit: listed per target, verified, and tampering is caught with a non-zero exit.
     let audit = run(&["audit", "list", "--target", "tenant/acme", "-o", "json"]).json();
-    let actions: Vec<&str> = audit.as_array().unwrap().iter().map(|r| r["action"].as_str().unwrap()).collect();
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
     assert_eq!(
         actions,
-        ["tenant.created", "placement.create", "tenant.activate", "tenant.suspend", "tenant.resume", "tenant.archive"]
+        [
+            "tenant.created",
+            "placement.create",
+            "tenant.activate",
+            "tenant.suspend",
+            "tenant.resume",
+            "tenant.archive"
+        ]
     );
     let ok = run(&["audit", "verify"]);
     assert!(ok.ok().starts_with("audit log intact:"), "{}", ok.stdout);
     let mut raw = test_db.raw().await;
-    raw.execute("UPDATE audit_log SET actor = 'nobody' WHERE seq = 4").await.unwrap();
+    raw.execute("UPDATE audit_log SET actor = 'nobody' WHERE seq = 4")
+        .await
+        .unwrap();
     let tampered = run(&["audit", "verify"]);
     assert_eq!(tampered.code, 1);
-    assert!(tampered.stdout.contains("audit log TAMPERED at record 4: record 4 was edited"), "{}", tampered.stdout);
+    assert!(
+        tampered
+            .stdout
+            .contains("audit log TAMPERED at record 4: record 4 was edited"),
+        "{}",
+        tampered.stdout
+    );
 
     // Metrics and the API description are served to readers.
     let admin = std::fs::read_to_string(&token_file).unwrap();
@@ -151,7 +257,10 @@ async fn operator_workflow(db: Db) {
     assert!(doc["paths"]["/v1/tenants/{id}/context"].is_object());
     let (status, body) = http_get(&server.url, "/metrics", Some(admin.trim())).unwrap();
     assert_eq!(status, 200);
-    assert!(body.contains("cellfleet_tenants{state=\"archived\"} 1"), "{body}");
+    assert!(
+        body.contains("cellfleet_tenants{state=\"archived\"} 1"),
+        "{body}"
+    );
     assert_eq!(http_get(&server.url, "/metrics", None).unwrap().0, 401);
     server.stop();
 }
@@ -174,41 +283,87 @@ fn up_brings_up_the_sample_fleet_and_resumes_it() {
     let args = ["up", "--dir", fleet_dir.to_str().unwrap()];
     let server = ServerProcess::start(&args, "Ctrl-C stops it");
     let banner = server.banner.join("\n");
-    assert!(banner.contains("cellfleet is up at http://127.0.0.1:"), "{banner}");
-    assert!(banner.contains("15 objects (15 new or changed), 5 placements made now"), "{banner}");
+    assert!(
+        banner.contains("cellfleet is up at http://127.0.0.1:"),
+        "{banner}"
+    );
+    assert!(
+        banner.contains("15 objects (15 new or changed), 5 placements made now"),
+        "{banner}"
+    );
     let token_file = fleet_dir.join("admin.token");
     let tenants = cli(&server.url, &token_file, &["tenant", "list", "-o", "json"]).json();
     let states: Vec<(String, String)> = tenants
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| (t["id"].as_str().unwrap().to_owned(), t["state"].as_str().unwrap().to_owned()))
+        .map(|t| {
+            (
+                t["id"].as_str().unwrap().to_owned(),
+                t["state"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     assert_eq!(states.len(), 5);
     assert!(states.contains(&("hooli".into(), "draft".into())));
     assert!(states.contains(&("initech".into(), "active".into())));
     let cells = cli(&server.url, &token_file, &["cell", "list", "-o", "json"]).json();
-    let ded = cells.as_array().unwrap().iter().find(|c| c["name"] == "euw1-ded-1").unwrap();
+    let ded = cells
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "euw1-ded-1")
+        .unwrap();
     assert_eq!(ded["load"], 1, "initech got the dedicated cell");
     server.stop();
 
     // Again on the same folder: the same registry, nothing new.
     let server = ServerProcess::start(&args, "Ctrl-C stops it");
     let banner = server.banner.join("\n");
-    assert!(banner.contains("15 objects (0 new or changed), 0 placements made now"), "{banner}");
+    assert!(
+        banner.contains("15 objects (0 new or changed), 0 placements made now"),
+        "{banner}"
+    );
     let again = cli(&server.url, &token_file, &["tenant", "list", "-o", "json"]).json();
     assert_eq!(again, tenants);
     let verify = cli(&server.url, &token_file, &["audit", "verify"]);
-    assert!(verify.ok().starts_with("audit log intact"), "{}", verify.stdout);
+    assert!(
+        verify.ok().starts_with("audit log intact"),
+        "{}",
+        verify.stdout
+    );
 }
 
 #[test]
 fn bad_server_arguments_fail_with_one_line() {
-    let out = cli_with("http://127.0.0.1:1", &[], &["serve", "--database-url", "mysql://x", "--listen", "127.0.0.1:0"]);
+    let out = cli_with(
+        "http://127.0.0.1:1",
+        &[],
+        &[
+            "serve",
+            "--database-url",
+            "mysql://x",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
     assert_ne!(out.code, 0);
     assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
-    assert!(out.stderr.contains("unsupported database URL"), "{}", out.stderr);
-    let out = cli_with("http://127.0.0.1:1", &[("CELLFLEET_TOKEN", "x")], &["region", "list"]);
+    assert!(
+        out.stderr.contains("unsupported database URL"),
+        "{}",
+        out.stderr
+    );
+    let out = cli_with(
+        "http://127.0.0.1:1",
+        &[("CELLFLEET_TOKEN", "x")],
+        &["region", "list"],
+    );
     assert_ne!(out.code, 0);
-    assert!(out.stderr.contains("cannot reach the control plane at http://127.0.0.1:1"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("cannot reach the control plane at http://127.0.0.1:1"),
+        "{}",
+        out.stderr
+    );
 }

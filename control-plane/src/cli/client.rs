@@ -42,11 +42,19 @@ impl Client {
         self.send(Method::GET, path, &[], None::<&()>).await
     }
 
-    pub async fn get_query<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<T> {
+    pub async fn get_query<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<T> {
         self.send(Method::GET, path, query, None::<&()>).await
     }
 
-    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
         self.send(Method::POST, path, &[], Some(body)).await
     }
 
@@ -74,10 +82,13 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| anyhow!("cannot reach the control plane at {}: {}", self.base, root_cause(&e)))?;
+        let resp = req.send().await.map_err(|e| {
+            anyhow!(
+                "cannot reach the control plane at {}: {}",
+                self.base,
+                root_cause(&e)
+            )
+        })?;
         let status = resp.status();
         let bytes = resp.bytes().await.context("reading the response")?;
         if !status.is_success() {
@@ -97,7 +108,11 @@ fn failure(status: StatusCode, body: &[u8]) -> ApiFailure {
         Err(_) => ApiFailure {
             status: status.as_u16(),
             code: "http_error".to_owned(),
-            message: String::from_utf8_lossy(body).trim().chars().take(300).collect::<String>(),
+            message: String::from_utf8_lossy(body)
+                .trim()
+                .chars()
+                .take(300)
+                .collect::<String>(),
         },
     }
 }

@@ -28,10 +28,19 @@ use crate::server::{Server, ServerConfig, read_token_file, shutdown_signal};
 use crate::service::Settings;
 
 #[derive(Debug, Parser)]
-#[command(name = "cellfleet", version, about = "Cell-based fleet manager for multi-tenant SaaS")]
+#[command(
+    name = "cellfleet",
+    version,
+    about = "Cell-based fleet manager for multi-tenant SaaS"
+)]
 pub struct Cli {
     /// Control plane URL.
-    #[arg(long, global = true, env = "CELLFLEET_SERVER", default_value = "http://127.0.0.1:7400")]
+    #[arg(
+        long,
+        global = true,
+        env = "CELLFLEET_SERVER",
+        default_value = "http://127.0.0.1:7400"
+    )]
     pub server: String,
     /// API token.
     #[arg(long, global = true, env = "CELLFLEET_TOKEN", hide_env_values = true)]
@@ -80,7 +89,11 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Registry database: sqlite://PATH (created if missing) or postgres://…
-    #[arg(long, env = "CELLFLEET_DATABASE_URL", default_value = "sqlite://cellfleet.db")]
+    #[arg(
+        long,
+        env = "CELLFLEET_DATABASE_URL",
+        default_value = "sqlite://cellfleet.db"
+    )]
     pub database_url: String,
     /// Address to listen on.
     #[arg(long, env = "CELLFLEET_LISTEN", default_value = "127.0.0.1:7400")]
@@ -195,7 +208,9 @@ pub enum TokenCommand {
         description: Option<String>,
     },
     List,
-    Revoke { id: String },
+    Revoke {
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -243,14 +258,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
     .await?;
     if let Some(path) = &server.bootstrap_token_file {
-        println!("bootstrap admin token written to {} (mode 0600)", path.display());
+        println!(
+            "bootstrap admin token written to {} (mode 0600)",
+            path.display()
+        );
     }
     println!("cellfleet control plane listening on {}", server.url());
     server.serve(shutdown_signal()).await
 }
 
 /// Prints `value` as JSON or as the table `render` makes.
-fn show<T: Serialize>(format: Format, value: &T, render: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
+fn show<T: Serialize>(
+    format: Format,
+    value: &T,
+    render: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
         Format::Table => {
@@ -276,22 +298,42 @@ async fn operate(client: &Client, format: Format, command: Command) -> anyhow::R
             show(format, &resp, output::apply)?;
         }
         Command::Tenant(cmd) => tenant(client, format, cmd).await?,
-        Command::Cell(CellCommand::List) => {
-            show(format, &client.get::<Vec<CellView>>("/v1/cells").await?, |c| output::cells(c))?
+        Command::Cell(CellCommand::List) => show(
+            format,
+            &client.get::<Vec<CellView>>("/v1/cells").await?,
+            |c| output::cells(c),
+        )?,
+        Command::Cell(CellCommand::Get { name }) => show(
+            format,
+            &client.get::<CellView>(&format!("/v1/cells/{name}")).await?,
+            output::cell,
+        )?,
+        Command::Region(RegionCommand::List) => show(
+            format,
+            &client.get::<Vec<RegionView>>("/v1/regions").await?,
+            |r| output::regions(r),
+        )?,
+        Command::Token(TokenCommand::Create {
+            role,
+            cell,
+            description,
+        }) => {
+            let req = CreateTokenRequest {
+                role,
+                cell,
+                description,
+            };
+            show(
+                format,
+                &client.post::<_, TokenCreated>("/v1/tokens", &req).await?,
+                output::token_created,
+            )?
         }
-        Command::Cell(CellCommand::Get { name }) => {
-            show(format, &client.get::<CellView>(&format!("/v1/cells/{name}")).await?, output::cell)?
-        }
-        Command::Region(RegionCommand::List) => {
-            show(format, &client.get::<Vec<RegionView>>("/v1/regions").await?, |r| output::regions(r))?
-        }
-        Command::Token(TokenCommand::Create { role, cell, description }) => {
-            let req = CreateTokenRequest { role, cell, description };
-            show(format, &client.post::<_, TokenCreated>("/v1/tokens", &req).await?, output::token_created)?
-        }
-        Command::Token(TokenCommand::List) => {
-            show(format, &client.get::<Vec<TokenView>>("/v1/tokens").await?, |t| output::tokens(t))?
-        }
+        Command::Token(TokenCommand::List) => show(
+            format,
+            &client.get::<Vec<TokenView>>("/v1/tokens").await?,
+            |t| output::tokens(t),
+        )?,
         Command::Token(TokenCommand::Revoke { id }) => {
             let v: TokenView = client.delete(&format!("/v1/tokens/{id}")).await?;
             show(format, &v, |v| format!("token {} revoked\n", v.id))?
@@ -323,7 +365,13 @@ async fn tenant(client: &Client, format: Format, cmd: TenantCommand) -> anyhow::
             let v: TenantView = client.post("/v1/tenants", &req).await?;
             show(format, &v, output::tenant)
         }
-        TenantCommand::Get { id } => show(format, &client.get::<TenantView>(&format!("/v1/tenants/{id}")).await?, output::tenant),
+        TenantCommand::Get { id } => show(
+            format,
+            &client
+                .get::<TenantView>(&format!("/v1/tenants/{id}"))
+                .await?,
+            output::tenant,
+        ),
         TenantCommand::List { state } => {
             let query: Vec<(&str, String)> = state.map(|s| ("state", s)).into_iter().collect();
             let tenants: Vec<TenantView> = client.get_query("/v1/tenants", &query).await?;
@@ -336,23 +384,39 @@ async fn tenant(client: &Client, format: Format, cmd: TenantCommand) -> anyhow::
             let v: TenantView = client.delete(&format!("/v1/tenants/{id}")).await?;
             show(format, &v, |v| format!("tenant {} deleted\n", v.id))
         }
-        TenantCommand::Explain { id } => {
-            show(format, &client.get::<TenantExplain>(&format!("/v1/tenants/{id}/explain")).await?, output::explain)
-        }
+        TenantCommand::Explain { id } => show(
+            format,
+            &client
+                .get::<TenantExplain>(&format!("/v1/tenants/{id}/explain"))
+                .await?,
+            output::explain,
+        ),
         TenantCommand::Context { id, env } => show(
             format,
             &client
-                .get_query::<TenantContext>(&format!("/v1/tenants/{id}/context"), &[("env", env.to_string())])
+                .get_query::<TenantContext>(
+                    &format!("/v1/tenants/{id}/context"),
+                    &[("env", env.to_string())],
+                )
                 .await?,
             output::context,
         ),
     }
 }
 
-async fn transition(client: &Client, format: Format, verb: &str, a: TransitionArgs) -> anyhow::Result<()> {
+async fn transition(
+    client: &Client,
+    format: Format,
+    verb: &str,
+    a: TransitionArgs,
+) -> anyhow::Result<()> {
     let body = cellfleet_api::LifecycleRequest { reason: a.reason };
-    let v: TenantView = client.post(&format!("/v1/tenants/{}/{verb}", a.id), &body).await?;
-    show(format, &v, |v| format!("tenant {} is now {}\n", v.id, v.state))
+    let v: TenantView = client
+        .post(&format!("/v1/tenants/{}/{verb}", a.id), &body)
+        .await?;
+    show(format, &v, |v| {
+        format!("tenant {} is now {}\n", v.id, v.state)
+    })
 }
 
 fn tenant_spec(a: CreateTenantArgs) -> anyhow::Result<TenantSpec> {
@@ -361,7 +425,8 @@ fn tenant_spec(a: CreateTenantArgs) -> anyhow::Result<TenantSpec> {
         let Some((name, value)) = f.split_once('=') else {
             bail!("--flag {f:?}: expected NAME=VALUE");
         };
-        let value = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
+        let value = serde_json::from_str(value)
+            .unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
         flags.insert(name.to_owned(), value);
     }
     Ok(TenantSpec {
@@ -372,7 +437,11 @@ fn tenant_spec(a: CreateTenantArgs) -> anyhow::Result<TenantSpec> {
             jurisdiction: a.jurisdiction,
             preferred_region: a.preferred_region,
         },
-        environments: if a.envs.is_empty() { vec![Env::prod()] } else { a.envs },
+        environments: if a.envs.is_empty() {
+            vec![Env::prod()]
+        } else {
+            a.envs
+        },
         quotas: Quotas {
             requests_per_second: a.requests_per_second,
             storage_gb: a.storage_gb,
@@ -388,8 +457,12 @@ fn read_manifests(paths: &[PathBuf]) -> anyhow::Result<Vec<ManifestFile>> {
     for path in paths {
         if path.as_os_str() == "-" {
             let mut content = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut content).context("reading stdin")?;
-            files.push(ManifestFile { name: "<stdin>".into(), content });
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut content)
+                .context("reading stdin")?;
+            files.push(ManifestFile {
+                name: "<stdin>".into(),
+                content,
+            });
         } else if path.is_dir() {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
                 .with_context(|| format!("cannot read directory {}", path.display()))?
@@ -411,7 +484,8 @@ fn read_manifests(paths: &[PathBuf]) -> anyhow::Result<Vec<ManifestFile>> {
 }
 
 fn read_manifest(path: &std::path::Path) -> anyhow::Result<ManifestFile> {
-    let content = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let content =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(ManifestFile {
         name: path.display().to_string(),
         content,

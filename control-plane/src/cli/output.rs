@@ -10,7 +10,7 @@ use comfy_table::{Cell, Table};
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(NOTHING);
-    t.set_header(header.iter().map(|h| Cell::new(h)));
+    t.set_header(header.iter().map(Cell::new));
     t
 }
 
@@ -33,7 +33,9 @@ pub fn regions(regions: &[RegionView]) -> String {
 }
 
 pub fn cells(cells: &[CellView]) -> String {
-    let mut t = table(&["NAME", "REGION", "KIND", "ENV", "STATE", "LOAD", "TEMPLATE", "LABELS"]);
+    let mut t = table(&[
+        "NAME", "REGION", "KIND", "ENV", "STATE", "LOAD", "TEMPLATE", "LABELS",
+    ]);
     for c in cells {
         let labels: Vec<String> = c.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         t.add_row(vec![
@@ -44,7 +46,11 @@ pub fn cells(cells: &[CellView]) -> String {
             c.state.to_string(),
             format!("{}/{}", c.load, c.capacity),
             c.template.clone(),
-            if labels.is_empty() { "-".to_owned() } else { labels.join(",") },
+            if labels.is_empty() {
+                "-".to_owned()
+            } else {
+                labels.join(",")
+            },
         ]);
     }
     t.to_string()
@@ -54,7 +60,10 @@ pub fn cell(c: &CellView) -> String {
     let mut out = cells(std::slice::from_ref(c));
     out.push_str(&format!("\nendpoint: {}\n", or_dash(c.endpoint.as_ref())));
     if let Some(w) = &c.change_window {
-        out.push_str(&format!("change window: {} for {}\n", w.schedule, w.duration));
+        out.push_str(&format!(
+            "change window: {} for {}\n",
+            w.schedule, w.duration
+        ));
     }
     out
 }
@@ -62,12 +71,20 @@ pub fn cell(c: &CellView) -> String {
 pub fn tenants(tenants: &[TenantView]) -> String {
     let mut t = table(&["ID", "STATE", "PROFILE", "PLACEMENTS", "REASON"]);
     for v in tenants {
-        let placements: Vec<String> = v.placements.iter().map(|p| format!("{}:{}", p.env, p.cell)).collect();
+        let placements: Vec<String> = v
+            .placements
+            .iter()
+            .map(|p| format!("{}:{}", p.env, p.cell))
+            .collect();
         t.add_row(vec![
             v.id.to_string(),
             v.state.to_string(),
             v.spec.profile.to_string(),
-            if placements.is_empty() { "-".to_owned() } else { placements.join(",") },
+            if placements.is_empty() {
+                "-".to_owned()
+            } else {
+                placements.join(",")
+            },
             or_dash(v.state_reason.as_ref()),
         ]);
     }
@@ -81,7 +98,12 @@ pub fn tenant(v: &TenantView) -> String {
         v.spec.display_name,
         v.state,
         v.spec.profile,
-        v.spec.environments.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(", "),
+        v.spec
+            .environments
+            .iter()
+            .map(|e| e.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
     );
     if let Some(r) = &v.state_reason {
         out.push_str(&format!("reason:       {r}\n"));
@@ -126,14 +148,18 @@ pub fn explain(e: &TenantExplain) -> String {
         out.push_str(&format!("  residency: {}", d.residency));
         match satisfied {
             Some(true) => out.push_str(" (still satisfied)\n"),
-            Some(false) => out.push_str(" (NOT satisfied by the current residency: move the tenant)\n"),
+            Some(false) => {
+                out.push_str(" (NOT satisfied by the current residency: move the tenant)\n")
+            }
             None => out.push_str(" (not placed)\n"),
         }
         let mut regions = table(&["  REGION", "DISTANCE KM", "OUTCOME"]);
         for r in &d.regions {
             regions.add_row(vec![
                 format!("  {}", r.region),
-                r.distance_km.map(|d| format!("{d:.0}")).unwrap_or_else(|| "-".into()),
+                r.distance_km
+                    .map(|d| format!("{d:.0}"))
+                    .unwrap_or_else(|| "-".into()),
                 r.outcome.clone(),
             ]);
         }
@@ -171,12 +197,20 @@ pub fn context(c: &TenantContext) -> String {
         c.generation,
         i.database.database,
         i.database.schema,
-        i.database.row_scope.as_ref().map(|r| format!(", rows where tenant_id = {r}")).unwrap_or_default(),
+        i.database
+            .row_scope
+            .as_ref()
+            .map(|r| format!(", rows where tenant_id = {r}"))
+            .unwrap_or_default(),
         i.database.sharing,
         i.object_store.bucket,
         i.object_store.prefix,
         i.queue.queue,
-        i.queue.partition_key.as_ref().map(|k| format!(" partition {k}")).unwrap_or_default(),
+        i.queue
+            .partition_key
+            .as_ref()
+            .map(|k| format!(" partition {k}"))
+            .unwrap_or_default(),
         i.secrets.path,
         i.secrets.key,
         i.network.network,
@@ -195,14 +229,30 @@ pub fn apply(r: &ApplyResponse) -> String {
         out.push_str(&format!("{} {} {verb}\n", res.kind, res.name));
         if r.dry_run {
             for c in &res.changes {
-                let show = |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "(none)".into());
-                out.push_str(&format!("    {}: {} -> {}\n", c.path, show(&c.from), show(&c.to)));
+                let show = |v: &Option<serde_json::Value>| {
+                    v.as_ref()
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "(none)".into())
+                };
+                out.push_str(&format!(
+                    "    {}: {} -> {}\n",
+                    c.path,
+                    show(&c.from),
+                    show(&c.to)
+                ));
             }
         }
     }
     for p in &r.placed {
-        let verb = if r.dry_run { "would be placed" } else { "placed" };
-        out.push_str(&format!("tenant {} ({}) {verb} on {} (generation {})\n", p.tenant, p.env, p.cell, p.generation));
+        let verb = if r.dry_run {
+            "would be placed"
+        } else {
+            "placed"
+        };
+        out.push_str(&format!(
+            "tenant {} ({}) {verb} on {} (generation {})\n",
+            p.tenant, p.env, p.cell, p.generation
+        ));
     }
     if r.dry_run {
         out.push_str("dry run: nothing was changed\n");
@@ -215,13 +265,24 @@ pub fn token_created(t: &TokenCreated) -> String {
         "token {} ({}{}) created. It is shown only this once:\n{}\n",
         t.id,
         t.role,
-        t.cell.as_ref().map(|c| format!(", cell {c}")).unwrap_or_default(),
+        t.cell
+            .as_ref()
+            .map(|c| format!(", cell {c}"))
+            .unwrap_or_default(),
         t.token
     )
 }
 
 pub fn tokens(tokens: &[TokenView]) -> String {
-    let mut t = table(&["ID", "ROLE", "CELL", "CREATED", "BY", "REVOKED", "DESCRIPTION"]);
+    let mut t = table(&[
+        "ID",
+        "ROLE",
+        "CELL",
+        "CREATED",
+        "BY",
+        "REVOKED",
+        "DESCRIPTION",
+    ]);
     for v in tokens {
         t.add_row(vec![
             v.id.clone(),
@@ -254,6 +315,9 @@ pub fn audit(records: &[AuditRecord]) -> String {
 pub fn verification(v: &AuditVerification) -> String {
     match &v.first_bad {
         None => format!("audit log intact: {} records verified\n", v.records),
-        Some(bad) => format!("audit log TAMPERED at record {}: {}\n", bad.seq, bad.problem),
+        Some(bad) => format!(
+            "audit log TAMPERED at record {}: {}\n",
+            bad.seq, bad.problem
+        ),
     }
 }

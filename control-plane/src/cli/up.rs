@@ -27,8 +27,12 @@ pub struct UpArgs {
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
-    let dir = args.dir.canonicalize().with_context(|| format!("cannot resolve {}", args.dir.display()))?;
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("cannot create {}", args.dir.display()))?;
+    let dir = args
+        .dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", args.dir.display()))?;
     let token_file = dir.join("admin.token");
     let server = Server::start(ServerConfig {
         database_url: format!("sqlite://{}", dir.join("cellfleet.db").display()),
@@ -67,7 +71,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     );
     println!();
     println!("Try, in another terminal:");
-    println!("  export CELLFLEET_SERVER={url} CELLFLEET_TOKEN_FILE={}", token_file.display());
+    println!(
+        "  export CELLFLEET_SERVER={url} CELLFLEET_TOKEN_FILE={}",
+        token_file.display()
+    );
     println!("  cellfleet cell list");
     println!("  cellfleet tenant list");
     println!("  cellfleet tenant explain initech");

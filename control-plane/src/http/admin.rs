@@ -1,10 +1,12 @@
 //! Tokens, audit, health, metrics and the API description.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::Json;
-use cellfleet_api::{AuditRecord, AuditVerification, CreateTokenRequest, ErrorBody, TokenCreated, TokenView};
+use cellfleet_api::{
+    AuditRecord, AuditVerification, CreateTokenRequest, ErrorBody, TokenCreated, TokenView,
+};
 use serde::Deserialize;
 use utoipa::OpenApi;
 
@@ -20,12 +22,18 @@ pub async fn create_token(
     ApiJson(req): ApiJson<CreateTokenRequest>,
 ) -> Result<(axum::http::StatusCode, Json<TokenCreated>), ApiError> {
     let caller = auth.require(Action::ManageTokens)?;
-    Ok((axum::http::StatusCode::CREATED, Json(state.registry.create_token(&caller, &req).await?)))
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(state.registry.create_token(&caller, &req).await?),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/tokens", tag = "tokens", security(("bearer" = [])),
     responses((status = 200, body = [TokenView])))]
-pub async fn list_tokens(State(state): State<AppState>, auth: Auth) -> Result<Json<Vec<TokenView>>, ApiError> {
+pub async fn list_tokens(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> Result<Json<Vec<TokenView>>, ApiError> {
     auth.require(Action::ManageTokens)?;
     Ok(Json(state.registry.tokens().await?))
 }
@@ -59,12 +67,20 @@ pub async fn audit(
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<Vec<AuditRecord>>, ApiError> {
     auth.require(Action::ReadAudit)?;
-    Ok(Json(state.registry.audit(q.target.as_deref(), q.limit.unwrap_or(100)).await?))
+    Ok(Json(
+        state
+            .registry
+            .audit(q.target.as_deref(), q.limit.unwrap_or(100))
+            .await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", security(("bearer" = [])),
     responses((status = 200, description = "Verification result (ok=false names the first bad record)", body = AuditVerification)))]
-pub async fn verify_audit(State(state): State<AppState>, auth: Auth) -> Result<Json<AuditVerification>, ApiError> {
+pub async fn verify_audit(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> Result<Json<AuditVerification>, ApiError> {
     auth.require(Action::ReadAudit)?;
     Ok(Json(state.registry.verify_audit().await?))
 }
@@ -76,18 +92,30 @@ pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
         Ok(_) => (axum::http::StatusCode::OK, "ok\n"),
         Err(e) => {
             tracing::warn!(error = %e, "health check: database unreachable");
-            (axum::http::StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n")
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "database unreachable\n",
+            )
         }
     }
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "meta", security(("bearer" = [])),
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-pub async fn metrics(State(state): State<AppState>, auth: Auth) -> Result<impl IntoResponse, ApiError> {
+pub async fn metrics(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> Result<impl IntoResponse, ApiError> {
     auth.require(Action::ReadMetadata)?;
     let (tenants, cells) = state.registry.state_counts().await?;
     let body = state.metrics.render(&tenants, &cells);
-    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body))
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    ))
 }
 
 #[utoipa::path(get, path = "/openapi.json", tag = "meta", security(("bearer" = [])),

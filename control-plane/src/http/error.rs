@@ -1,9 +1,9 @@
 //! The one API error type: every failure becomes a status, a stable machine-readable `code` and
 //! a human `message` (plus `details` for manifest errors: file, document, path).
 
+use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use cellfleet_api::ErrorBody;
 use serde_json::json;
 
@@ -30,13 +30,23 @@ impl ApiError {
         use service::Error as S;
         match self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::Forbidden(_) | ApiError::Service(S::Forbidden(_)) => (StatusCode::FORBIDDEN, "forbidden"),
-            ApiError::BadRequest(_) | ApiError::Service(S::Invalid(_)) => (StatusCode::BAD_REQUEST, "invalid_request"),
-            ApiError::NotFound(_) | ApiError::Service(S::NotFound { .. }) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Forbidden(_) | ApiError::Service(S::Forbidden(_)) => {
+                (StatusCode::FORBIDDEN, "forbidden")
+            }
+            ApiError::BadRequest(_) | ApiError::Service(S::Invalid(_)) => {
+                (StatusCode::BAD_REQUEST, "invalid_request")
+            }
+            ApiError::NotFound(_) | ApiError::Service(S::NotFound { .. }) => {
+                (StatusCode::NOT_FOUND, "not_found")
+            }
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ApiError::Service(S::Manifest(_)) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_manifest"),
+            ApiError::Service(S::Manifest(_)) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_manifest")
+            }
             ApiError::Service(S::Conflict(_)) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::Service(S::Store(_) | S::Io(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Service(S::Store(_) | S::Io(_)) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
         }
     }
 }
@@ -57,7 +67,15 @@ impl IntoResponse for ApiError {
         } else {
             self.to_string()
         };
-        let mut response = (status, Json(ErrorBody { code: code.to_owned(), message, details })).into_response();
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                code: code.to_owned(),
+                message,
+                details,
+            }),
+        )
+            .into_response();
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

@@ -25,7 +25,8 @@ fn sane_correlation_id(v: &HeaderValue) -> Option<String> {
     let s = v.to_str().ok()?;
     let ok = !s.is_empty()
         && s.len() <= 128
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
     ok.then(|| s.to_owned())
 }
 
@@ -48,9 +49,15 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
     let started = Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
     let elapsed = started.elapsed();
-    state.metrics.observe_request(&method, &route, response.status().as_u16(), elapsed);
+    state
+        .metrics
+        .observe_request(&method, &route, response.status().as_u16(), elapsed);
     span.in_scope(|| {
-        tracing::info!(status = response.status().as_u16(), elapsed_ms = elapsed.as_secs_f64() * 1e3, "handled");
+        tracing::info!(
+            status = response.status().as_u16(),
+            elapsed_ms = elapsed.as_secs_f64() * 1e3,
+            "handled"
+        );
     });
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(CORRELATION_HEADER, v);
@@ -142,7 +149,10 @@ where
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(ApiError::PayloadTooLarge(state.max_body_bytes))
             }
-            Err(rejection) => Err(ApiError::BadRequest(format!("invalid request body: {}", rejection.body_text()))),
+            Err(rejection) => Err(ApiError::BadRequest(format!(
+                "invalid request body: {}",
+                rejection.body_text()
+            ))),
         }
     }
 }

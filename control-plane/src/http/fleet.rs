@@ -1,7 +1,7 @@
 //! Operator routes for regions, cells and `apply`.
 
-use axum::extract::{Path, State};
 use axum::Json;
+use axum::extract::{Path, State};
 use cellfleet_api::{ApplyRequest, ApplyResponse, CellName, CellView, ErrorBody, RegionView};
 
 use super::extract::{ApiJson, Auth};
@@ -22,19 +22,30 @@ pub async fn apply(
     ApiJson(req): ApiJson<ApplyRequest>,
 ) -> Result<Json<ApplyResponse>, ApiError> {
     let caller = auth.require_any(&[Action::ManageInfrastructure, Action::ManageTenants])?;
-    Ok(Json(state.registry.apply(&caller, auth.principal.role, &req.files, req.dry_run).await?))
+    Ok(Json(
+        state
+            .registry
+            .apply(&caller, auth.principal.role, &req.files, req.dry_run)
+            .await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/regions", tag = "fleet", security(("bearer" = [])),
     responses((status = 200, body = [RegionView])))]
-pub async fn list_regions(State(state): State<AppState>, auth: Auth) -> Result<Json<Vec<RegionView>>, ApiError> {
+pub async fn list_regions(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> Result<Json<Vec<RegionView>>, ApiError> {
     auth.require(Action::ReadFleet)?;
     Ok(Json(state.registry.regions().await?))
 }
 
 #[utoipa::path(get, path = "/v1/cells", tag = "fleet", security(("bearer" = [])),
     responses((status = 200, body = [CellView])))]
-pub async fn list_cells(State(state): State<AppState>, auth: Auth) -> Result<Json<Vec<CellView>>, ApiError> {
+pub async fn list_cells(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> Result<Json<Vec<CellView>>, ApiError> {
     auth.require(Action::ReadFleet)?;
     Ok(Json(state.registry.cells().await?))
 }

@@ -50,7 +50,11 @@ impl Default for Metrics {
         let tenants = Family::<StateLabels, Gauge>::default();
         let cells = Family::<StateLabels, Gauge>::default();
         registry.register("http_requests", "HTTP requests handled", requests.clone());
-        registry.register("http_request_duration_seconds", "HTTP request latency", latency.clone());
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            latency.clone(),
+        );
         registry.register("tenants", "Tenants by lifecycle state", tenants.clone());
         registry.register("cells", "Cells by state", cells.clone());
         Metrics {
@@ -85,7 +89,11 @@ impl Metrics {
         for (family, values) in [(&self.tenants, tenants), (&self.cells, cells)] {
             family.clear();
             for (state, n) in values {
-                family.get_or_create(&StateLabels { state: state.clone() }).set(*n);
+                family
+                    .get_or_create(&StateLabels {
+                        state: state.clone(),
+                    })
+                    .set(*n);
             }
         }
         let mut out = String::new();

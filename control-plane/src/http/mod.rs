@@ -14,9 +14,9 @@ mod tenants;
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use axum::Router;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
@@ -58,18 +58,30 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/cells", get(fleet::list_cells))
         .route("/v1/cells/{name}", get(fleet::get_cell))
         .route("/v1/tenants", get(tenants::list).post(tenants::create))
-        .route("/v1/tenants/{id}", get(tenants::get).delete(tenants::delete))
+        .route(
+            "/v1/tenants/{id}",
+            get(tenants::get).delete(tenants::delete),
+        )
         .route("/v1/tenants/{id}/suspend", post(tenants::suspend))
         .route("/v1/tenants/{id}/resume", post(tenants::resume))
         .route("/v1/tenants/{id}/archive", post(tenants::archive))
         .route("/v1/tenants/{id}/explain", get(tenants::explain))
         .route("/v1/tenants/{id}/context", get(tenants::context))
-        .route("/v1/tokens", get(admin::list_tokens).post(admin::create_token))
-        .route("/v1/tokens/{id}", axum::routing::delete(admin::revoke_token))
+        .route(
+            "/v1/tokens",
+            get(admin::list_tokens).post(admin::create_token),
+        )
+        .route(
+            "/v1/tokens/{id}",
+            axum::routing::delete(admin::revoke_token),
+        )
         .route("/v1/audit", get(admin::audit))
         .route("/v1/audit/verify", get(admin::verify_audit))
         .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), extract::observe))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            extract::observe,
+        ))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -79,7 +91,8 @@ fn parse_id<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, ApiError>
 where
     T::Err: std::fmt::Display,
 {
-    s.parse().map_err(|e: T::Err| ApiError::BadRequest(format!("invalid {what} {s:?}: {e}")))
+    s.parse()
+        .map_err(|e: T::Err| ApiError::BadRequest(format!("invalid {what} {s:?}: {e}")))
 }
 
 #[derive(Debug, OpenApi)]

@@ -1,11 +1,11 @@
 //! Operator routes for tenants: create, read, lifecycle, explain and context.
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::Json;
 use cellfleet_api::{
-    CreateTenantRequest, Env, ErrorBody, LifecycleRequest, TenantContext, TenantExplain,
-    TenantId, TenantState, TenantView,
+    CreateTenantRequest, Env, ErrorBody, LifecycleRequest, TenantContext, TenantExplain, TenantId,
+    TenantState, TenantView,
 };
 use serde::Deserialize;
 
@@ -53,14 +53,21 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateTenantRequest>,
 ) -> Result<(axum::http::StatusCode, Json<TenantView>), ApiError> {
     let caller = auth.require(Action::ManageTenants)?;
-    let view = state.registry.create_tenant(&caller, &req.id, &req.spec).await?;
+    let view = state
+        .registry
+        .create_tenant(&caller, &req.id, &req.spec)
+        .await?;
     Ok((axum::http::StatusCode::CREATED, Json(view)))
 }
 
 #[utoipa::path(get, path = "/v1/tenants/{id}", tag = "tenants", security(("bearer" = [])),
     params(("id" = String, Path, description = "Tenant id")),
     responses((status = 200, body = TenantView), (status = 404, body = ErrorBody)))]
-pub async fn get(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Json<TenantView>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<TenantView>, ApiError> {
     auth.require(Action::ReadFleet)?;
     let id: TenantId = parse_id("tenant id", &id)?;
     Ok(Json(state.registry.tenant(&id).await?))
@@ -83,7 +90,12 @@ async fn transition(
             .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))?
             .reason
     };
-    Ok(Json(state.registry.transition(&caller, &id, transition, reason).await?))
+    Ok(Json(
+        state
+            .registry
+            .transition(&caller, &id, transition, reason)
+            .await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/tenants/{id}/suspend", tag = "tenants", security(("bearer" = [])),
@@ -126,14 +138,22 @@ pub async fn archive(
 #[utoipa::path(delete, path = "/v1/tenants/{id}", tag = "tenants", security(("bearer" = [])),
     params(("id" = String, Path, description = "Tenant id")),
     responses((status = 200, body = TenantView), (status = 409, description = "Not archived, or retention not passed", body = ErrorBody)))]
-pub async fn delete(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Json<TenantView>, ApiError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<TenantView>, ApiError> {
     transition(state, auth, id, Transition::Delete, Bytes::new()).await
 }
 
 #[utoipa::path(get, path = "/v1/tenants/{id}/explain", tag = "tenants", security(("bearer" = [])),
     params(("id" = String, Path, description = "Tenant id")),
     responses((status = 200, body = TenantExplain), (status = 404, body = ErrorBody)))]
-pub async fn explain(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> Result<Json<TenantExplain>, ApiError> {
+pub async fn explain(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<TenantExplain>, ApiError> {
     auth.require(Action::ReadFleet)?;
     let id: TenantId = parse_id("tenant id", &id)?;
     Ok(Json(state.registry.explain(&id).await?))

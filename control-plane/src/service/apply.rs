@@ -64,11 +64,15 @@ impl Registry {
         let mut results = Vec::with_capacity(docs.len());
         for doc in &docs {
             let result = match &doc.object {
-                Object::Region { name, spec } => apply_region(&mut tx, &doc.origin, name, spec).await?,
+                Object::Region { name, spec } => {
+                    apply_region(&mut tx, &doc.origin, name, spec).await?
+                }
                 Object::Cell { name, labels, spec } => {
                     apply_cell(&mut tx, &doc.origin, name, labels, spec).await?
                 }
-                Object::Tenant { name, spec } => apply_tenant(&mut tx, &doc.origin, name, spec, false).await?,
+                Object::Tenant { name, spec } => {
+                    apply_tenant(&mut tx, &doc.origin, name, spec, false).await?
+                }
             };
             results.push(result);
         }
@@ -83,7 +87,10 @@ impl Registry {
             .filter_map(|r| r.name.parse().ok())
             .collect();
         let placed = self
-            .place_pending(&mut tx, (!infrastructure_changed).then_some(touched.as_slice()))
+            .place_pending(
+                &mut tx,
+                (!infrastructure_changed).then_some(touched.as_slice()),
+            )
             .await?;
         if !dry_run {
             tx.commit().await?;
@@ -115,7 +122,9 @@ impl Registry {
         let mut placed = Vec::new();
         for mut t in candidates {
             let existing = store::placements_of(tx.conn(), &t.id).await?;
-            placed.extend(place_tenant(tx, &mut fleet, &self.settings.policy, &mut t, &existing).await?);
+            placed.extend(
+                place_tenant(tx, &mut fleet, &self.settings.policy, &mut t, &existing).await?,
+            );
         }
         Ok(placed)
     }
@@ -125,7 +134,12 @@ fn to_value<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
-fn result(kind: &str, name: &str, outcome: ApplyOutcome, changes: Vec<cellfleet_api::FieldChange>) -> ApplyResult {
+fn result(
+    kind: &str,
+    name: &str,
+    outcome: ApplyOutcome,
+    changes: Vec<cellfleet_api::FieldChange>,
+) -> ApplyResult {
     ApplyResult {
         kind: kind.to_owned(),
         name: name.to_owned(),
@@ -134,12 +148,28 @@ fn result(kind: &str, name: &str, outcome: ApplyOutcome, changes: Vec<cellfleet_
     }
 }
 
-async fn apply_region(tx: &mut Tx, origin: &Origin, name: &RegionName, spec: &RegionSpec) -> Result<ApplyResult> {
+async fn apply_region(
+    tx: &mut Tx,
+    origin: &Origin,
+    name: &RegionName,
+    spec: &RegionSpec,
+) -> Result<ApplyResult> {
     let existing = store::get_region(tx.conn(), name).await?;
-    let changes = diff("spec", existing.as_ref().map(|r| to_value(&r.spec)).as_ref(), Some(&to_value(spec)));
+    let changes = diff(
+        "spec",
+        existing.as_ref().map(|r| to_value(&r.spec)).as_ref(),
+        Some(&to_value(spec)),
+    );
     let outcome = match &existing {
         None => ApplyOutcome::Created,
-        Some(_) if changes.is_empty() => return Ok(result("Region", name.as_str(), ApplyOutcome::Unchanged, changes)),
+        Some(_) if changes.is_empty() => {
+            return Ok(result(
+                "Region",
+                name.as_str(),
+                ApplyOutcome::Unchanged,
+                changes,
+            ));
+        }
         Some(old) => {
             if old.spec.jurisdiction != spec.jurisdiction {
                 refuse_jurisdiction_change(tx, origin, name, spec).await?;
@@ -149,14 +179,23 @@ async fn apply_region(tx: &mut Tx, origin: &Origin, name: &RegionName, spec: &Re
     };
     let now = tx.now;
     store::upsert_region(tx.conn(), name, spec, now).await?;
-    tx.audit(&format!("region.{outcome}"), &format!("region/{name}"), json!({ "spec": spec, "changes": changes }))
-        .await?;
+    tx.audit(
+        &format!("region.{outcome}"),
+        &format!("region/{name}"),
+        json!({ "spec": spec, "changes": changes }),
+    )
+    .await?;
     Ok(result("Region", name.as_str(), outcome, changes))
 }
 
 /// A region's jurisdiction may change only if no tenant placed there would then be outside its
 /// residency.
-async fn refuse_jurisdiction_change(tx: &mut Tx, origin: &Origin, name: &RegionName, spec: &RegionSpec) -> Result<()> {
+async fn refuse_jurisdiction_change(
+    tx: &mut Tx,
+    origin: &Origin,
+    name: &RegionName,
+    spec: &RegionSpec,
+) -> Result<()> {
     let mut fleet = store::fleet_snapshot(tx.conn()).await?;
     fleet.add_region(crate::placement::RegionInfo {
         name: name.clone(),
@@ -168,7 +207,11 @@ async fn refuse_jurisdiction_change(tx: &mut Tx, origin: &Origin, name: &RegionN
             continue;
         }
         if let Some(t) = store::get_tenant(tx.conn(), &p.tenant).await?
-            && !fleet.candidate_regions(&t.spec.residency).regions.iter().any(|(r, _)| r == name)
+            && !fleet
+                .candidate_regions(&t.spec.residency)
+                .regions
+                .iter()
+                .any(|(r, _)| r == name)
         {
             return Err(origin
                 .error(
@@ -192,15 +235,28 @@ async fn apply_cell(
     spec: &CellSpec,
 ) -> Result<ApplyResult> {
     if store::get_region(tx.conn(), &spec.region).await?.is_none() {
-        return Err(origin.error("spec.region", format!("unknown region {}", spec.region)).into());
+        return Err(origin
+            .error("spec.region", format!("unknown region {}", spec.region))
+            .into());
     }
     let existing = store::get_cell(tx.conn(), name).await?;
-    let old_value = existing.as_ref().map(|c| json!({ "labels": c.labels, "spec": c.spec }));
-    let changes = diff("", old_value.as_ref(), Some(&json!({ "labels": labels, "spec": spec })));
+    let old_value = existing
+        .as_ref()
+        .map(|c| json!({ "labels": c.labels, "spec": c.spec }));
+    let changes = diff(
+        "",
+        old_value.as_ref(),
+        Some(&json!({ "labels": labels, "spec": spec })),
+    );
     let (outcome, state) = match &existing {
         None => (ApplyOutcome::Created, CellState::Ready),
         Some(_) if changes.is_empty() => {
-            return Ok(result("Cell", name.as_str(), ApplyOutcome::Unchanged, changes));
+            return Ok(result(
+                "Cell",
+                name.as_str(),
+                ApplyOutcome::Unchanged,
+                changes,
+            ));
         }
         Some(c) => {
             refuse_cell_change(origin, c, spec)?;
@@ -222,19 +278,37 @@ fn refuse_cell_change(origin: &Origin, old: &CellRow, new: &CellSpec) -> Result<
     if old.load > 0 {
         let holding = format!("cell {} holds {} tenant environment(s)", old.name, old.load);
         if old.spec.region != new.region {
-            return Err(origin.error("spec.region", format!("{holding}; move them before changing its region")).into());
+            return Err(origin
+                .error(
+                    "spec.region",
+                    format!("{holding}; move them before changing its region"),
+                )
+                .into());
         }
         if old.spec.kind != new.kind {
-            return Err(origin.error("spec.kind", format!("{holding}; move them before changing its kind")).into());
+            return Err(origin
+                .error(
+                    "spec.kind",
+                    format!("{holding}; move them before changing its kind"),
+                )
+                .into());
         }
         if old.spec.env != new.env {
-            return Err(origin.error("spec.env", format!("{holding}; move them before changing its env")).into());
+            return Err(origin
+                .error(
+                    "spec.env",
+                    format!("{holding}; move them before changing its env"),
+                )
+                .into());
         }
         if new.effective_capacity() < old.load {
             return Err(origin
                 .error(
                     "spec.capacity",
-                    format!("{holding}; capacity {} would be below that", new.effective_capacity()),
+                    format!(
+                        "{holding}; capacity {} would be below that",
+                        new.effective_capacity()
+                    ),
                 )
                 .into());
         }
@@ -254,17 +328,29 @@ pub(super) async fn apply_tenant(
     for (i, region) in spec.residency.allowed_regions.iter().flatten().enumerate() {
         if store::get_region(tx.conn(), region).await?.is_none() {
             return Err(origin
-                .error(format!("spec.residency.allowedRegions[{i}]"), format!("unknown region {region}"))
+                .error(
+                    format!("spec.residency.allowedRegions[{i}]"),
+                    format!("unknown region {region}"),
+                )
                 .into());
         }
     }
     if let Some(p) = &spec.residency.preferred_region
         && store::get_region(tx.conn(), p).await?.is_none()
     {
-        return Err(origin.error("spec.residency.preferredRegion", format!("unknown region {p}")).into());
+        return Err(origin
+            .error(
+                "spec.residency.preferredRegion",
+                format!("unknown region {p}"),
+            )
+            .into());
     }
     let existing = store::get_tenant(tx.conn(), name).await?;
-    let changes = diff("spec", existing.as_ref().map(|t| to_value(&t.spec)).as_ref(), Some(&to_value(spec)));
+    let changes = diff(
+        "spec",
+        existing.as_ref().map(|t| to_value(&t.spec)).as_ref(),
+        Some(&to_value(spec)),
+    );
     let (row, outcome) = match existing {
         None => (
             TenantRow {
@@ -280,20 +366,35 @@ pub(super) async fn apply_tenant(
             ApplyOutcome::Created,
         ),
         Some(t) if must_be_new => {
-            return Err(Error::Conflict(format!("tenant {} already exists (state {})", t.id, t.state)));
+            return Err(Error::Conflict(format!(
+                "tenant {} already exists (state {})",
+                t.id, t.state
+            )));
         }
         Some(t) if t.state == TenantState::Deleted => {
             return Err(origin
-                .error("metadata.name", format!("tenant {name} was deleted; tenant ids are never reused"))
+                .error(
+                    "metadata.name",
+                    format!("tenant {name} was deleted; tenant ids are never reused"),
+                )
                 .into());
         }
         Some(_) if changes.is_empty() => {
-            return Ok(result("Tenant", name.as_str(), ApplyOutcome::Unchanged, changes));
+            return Ok(result(
+                "Tenant",
+                name.as_str(),
+                ApplyOutcome::Unchanged,
+                changes,
+            ));
         }
         Some(t) => {
             refuse_tenant_change(tx, origin, &t, spec).await?;
             // New environments wait for placements.
-            let pending = t.pending || spec.environments.iter().any(|e| !t.spec.environments.contains(e));
+            let pending = t.pending
+                || spec
+                    .environments
+                    .iter()
+                    .any(|e| !t.spec.environments.contains(e));
             let row = TenantRow {
                 spec: spec.clone(),
                 updated_at: tx.now,
@@ -304,11 +405,21 @@ pub(super) async fn apply_tenant(
         }
     };
     store::put_tenant(tx.conn(), &row).await?;
-    tx.audit(&format!("tenant.{outcome}"), &target(&row), json!({ "spec": spec, "changes": changes })).await?;
+    tx.audit(
+        &format!("tenant.{outcome}"),
+        &target(&row),
+        json!({ "spec": spec, "changes": changes }),
+    )
+    .await?;
     Ok(result("Tenant", name.as_str(), outcome, changes))
 }
 
-async fn refuse_tenant_change(tx: &mut Tx, origin: &Origin, old: &TenantRow, new: &TenantSpec) -> Result<()> {
+async fn refuse_tenant_change(
+    tx: &mut Tx,
+    origin: &Origin,
+    old: &TenantRow,
+    new: &TenantSpec,
+) -> Result<()> {
     let placements = store::placements_of(tx.conn(), &old.id).await?;
     if placements.is_empty() {
         return Ok(());
@@ -331,7 +442,10 @@ async fn refuse_tenant_change(tx: &mut Tx, origin: &Origin, old: &TenantRow, new
             return Err(origin
                 .error(
                     "spec.environments",
-                    format!("tenant {} has data in env {} on cell {}; removing the env would orphan it", old.id, p.env, p.cell),
+                    format!(
+                        "tenant {} has data in env {} on cell {}; removing the env would orphan it",
+                        old.id, p.env, p.cell
+                    ),
                 )
                 .into());
         }

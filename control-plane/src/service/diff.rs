@@ -42,7 +42,11 @@ fn walk(path: &str, old: Option<&Value>, new: Option<&Value>, out: &mut Vec<Fiel
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 #[cfg(test)]
@@ -57,7 +61,10 @@ mod tests {
         let new = json!({"capacity": 60, "labels": {"canary": "true", "tier": "gold"}});
         let changes = diff("spec", Some(&old), Some(&new));
         let paths: Vec<&str> = changes.iter().map(|c| c.path.as_str()).collect();
-        assert_eq!(paths, ["spec.capacity", "spec.endpoint", "spec.labels.tier"]);
+        assert_eq!(
+            paths,
+            ["spec.capacity", "spec.endpoint", "spec.labels.tier"]
+        );
         assert_eq!(changes[0].from, Some(json!(50)));
         assert_eq!(changes[1].to, None);
         assert!(diff("spec", Some(&old), Some(&old)).is_empty());

@@ -96,7 +96,11 @@ impl Registry {
 
     pub async fn cells(&self) -> Result<Vec<CellView>> {
         let mut conn = self.store.read().await?;
-        Ok(store::list_cells(&mut conn).await?.into_iter().map(views::cell_view).collect())
+        Ok(store::list_cells(&mut conn)
+            .await?
+            .into_iter()
+            .map(views::cell_view)
+            .collect())
     }
 
     pub async fn cell(&self, name: &CellName) -> Result<CellView> {

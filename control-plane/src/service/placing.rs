@@ -34,7 +34,13 @@ pub(super) async fn place_tenant(
     let mut decisions: Vec<(cellfleet_api::Env, Decision)> = Vec::new();
     let mut refusals = Vec::new();
     for env in &missing {
-        match fleet.place(policy, &tenant.id, tenant.spec.profile, &tenant.spec.residency, env) {
+        match fleet.place(
+            policy,
+            &tenant.id,
+            tenant.spec.profile,
+            &tenant.spec.residency,
+            env,
+        ) {
             Ok(d) => decisions.push((env.clone(), d)),
             Err(NoRoom(reason)) => refusals.push(format!("env {env}: {reason}")),
         }
@@ -45,14 +51,25 @@ pub(super) async fn place_tenant(
             tenant.state_reason = Some(reason.clone());
             tenant.updated_at = tx.now;
             store::put_tenant(tx.conn(), tenant).await?;
-            tx.audit("tenant.unplaced", &target(tenant), json!({ "reason": reason })).await?;
+            tx.audit(
+                "tenant.unplaced",
+                &target(tenant),
+                json!({ "reason": reason }),
+            )
+            .await?;
         }
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
     for (env, decision) in decisions {
         // Explain against the fleet as it was when deciding, then commit the load.
-        let explanation = fleet.explain(policy, &tenant.id, tenant.spec.profile, &tenant.spec.residency, &env);
+        let explanation = fleet.explain(
+            policy,
+            &tenant.id,
+            tenant.spec.profile,
+            &tenant.spec.residency,
+            &env,
+        );
         fleet.assign(&decision.cell);
         let row = PlacementRow {
             tenant: tenant.id.clone(),
@@ -80,14 +97,24 @@ pub(super) async fn place_tenant(
     let was = tenant.state;
     tenant.pending = false;
     if was == TenantState::Draft {
-        tenant.state = next_state(was, Transition::Activate).map_err(|e| super::Error::Conflict(e.to_string()))?;
+        tenant.state = next_state(was, Transition::Activate)
+            .map_err(|e| super::Error::Conflict(e.to_string()))?;
     }
     // Always written: `pending` changed at least.
     tenant.state_reason = None;
     tenant.updated_at = tx.now;
     store::put_tenant(tx.conn(), tenant).await?;
-    let action = if was == TenantState::Draft { "tenant.activate" } else { "tenant.placed" };
-    tx.audit(action, &target(tenant), json!({ "from": was, "to": tenant.state })).await?;
+    let action = if was == TenantState::Draft {
+        "tenant.activate"
+    } else {
+        "tenant.placed"
+    };
+    tx.audit(
+        action,
+        &target(tenant),
+        json!({ "from": was, "to": tenant.state }),
+    )
+    .await?;
     Ok(out)
 }
 

@@ -18,7 +18,12 @@ use crate::store::{self, Caller, TenantRow, Tx};
 impl Registry {
     /// Creates a tenant and places it (or leaves it `draft` with the reason). Refuses an id that
     /// exists or existed.
-    pub async fn create_tenant(&self, caller: &Caller, id: &TenantId, spec: &TenantSpec) -> Result<TenantView> {
+    pub async fn create_tenant(
+        &self,
+        caller: &Caller,
+        id: &TenantId,
+        spec: &TenantSpec,
+    ) -> Result<TenantView> {
         let origin = Origin {
             file: "request".to_owned(),
             document: 1,
@@ -27,7 +32,8 @@ impl Registry {
         let mut tx = self.store.begin(caller).await?;
         let created = apply_tenant(&mut tx, &origin, id, spec, true).await?;
         debug_assert_eq!(created.outcome, ApplyOutcome::Created);
-        self.place_pending(&mut tx, Some(std::slice::from_ref(id))).await?;
+        self.place_pending(&mut tx, Some(std::slice::from_ref(id)))
+            .await?;
         let view = self.tenant_in(&mut tx, id).await?;
         tx.commit().await?;
         Ok(view)
@@ -35,13 +41,17 @@ impl Registry {
 
     pub async fn tenant(&self, id: &TenantId) -> Result<TenantView> {
         let mut conn = self.store.read().await?;
-        let t = store::get_tenant(&mut conn, id).await?.ok_or_else(|| not_found("tenant", id))?;
+        let t = store::get_tenant(&mut conn, id)
+            .await?
+            .ok_or_else(|| not_found("tenant", id))?;
         let placements = store::placements_of(&mut conn, id).await?;
         Ok(tenant_view(t, &placements, self.settings.archive_retention))
     }
 
     async fn tenant_in(&self, tx: &mut Tx, id: &TenantId) -> Result<TenantView> {
-        let t = store::get_tenant(tx.conn(), id).await?.ok_or_else(|| not_found("tenant", id))?;
+        let t = store::get_tenant(tx.conn(), id)
+            .await?
+            .ok_or_else(|| not_found("tenant", id))?;
         let placements = store::placements_of(tx.conn(), id).await?;
         Ok(tenant_view(t, &placements, self.settings.archive_retention))
     }
@@ -55,7 +65,11 @@ impl Registry {
             .into_iter()
             .filter(|t| state.is_some() || t.state != TenantState::Deleted)
             .map(|t| {
-                let mine: Vec<_> = placements.iter().filter(|p| p.tenant == t.id).cloned().collect();
+                let mine: Vec<_> = placements
+                    .iter()
+                    .filter(|p| p.tenant == t.id)
+                    .cloned()
+                    .collect();
                 tenant_view(t, &mine, self.settings.archive_retention)
             })
             .collect())
@@ -73,9 +87,12 @@ impl Registry {
         let mut t = self.load_for_change(&mut tx, id).await?;
         let from = t.state;
         let to = match transition {
-            Transition::Delete => {
-                lifecycle::check_delete(from, t.archived_at, self.settings.archive_retention, tx.now)
-            }
+            Transition::Delete => lifecycle::check_delete(
+                from,
+                t.archived_at,
+                self.settings.archive_retention,
+                tx.now,
+            ),
             other => lifecycle::next_state(from, other),
         }
         .map_err(|e| Error::Conflict(format!("tenant {id}: {e}")))?;
@@ -98,7 +115,12 @@ impl Registry {
             _ => {}
         }
         store::put_tenant(tx.conn(), &t).await?;
-        tx.audit(&format!("tenant.{}", transition.verb()), &target(&t), payload).await?;
+        tx.audit(
+            &format!("tenant.{}", transition.verb()),
+            &target(&t),
+            payload,
+        )
+        .await?;
         if transition == Transition::Delete {
             // Freed capacity may let a waiting draft in.
             self.place_pending(&mut tx, None).await?;
@@ -109,7 +131,9 @@ impl Registry {
     }
 
     async fn load_for_change(&self, tx: &mut Tx, id: &TenantId) -> Result<TenantRow> {
-        store::get_tenant(tx.conn(), id).await?.ok_or_else(|| not_found("tenant", id))
+        store::get_tenant(tx.conn(), id)
+            .await?
+            .ok_or_else(|| not_found("tenant", id))
     }
 
     /// Why the tenant is where it is: the recorded decision of each placement, whether it still
@@ -117,7 +141,9 @@ impl Registry {
     /// would decide now.
     pub async fn explain(&self, id: &TenantId) -> Result<TenantExplain> {
         let mut conn = self.store.read().await?;
-        let t = store::get_tenant(&mut conn, id).await?.ok_or_else(|| not_found("tenant", id))?;
+        let t = store::get_tenant(&mut conn, id)
+            .await?
+            .ok_or_else(|| not_found("tenant", id))?;
         let placements = store::placements_of(&mut conn, id).await?;
         let fleet = store::fleet_snapshot(&mut conn).await?;
         let allowed = fleet.candidate_regions(&t.spec.residency);
@@ -134,7 +160,15 @@ impl Registry {
                 .environments
                 .iter()
                 .filter(|e| !placements.iter().any(|p| &p.env == *e))
-                .map(|env| fleet.explain(&self.settings.policy, &t.id, t.spec.profile, &t.spec.residency, env))
+                .map(|env| {
+                    fleet.explain(
+                        &self.settings.policy,
+                        &t.id,
+                        t.spec.profile,
+                        &t.spec.residency,
+                        env,
+                    )
+                })
                 .collect()
         } else {
             Vec::new()
@@ -151,7 +185,9 @@ impl Registry {
     /// The tenant context of `(tenant, env)` (SPEC §5).
     pub async fn context(&self, id: &TenantId, env: &Env) -> Result<TenantContext> {
         let mut conn = self.store.read().await?;
-        let t = store::get_tenant(&mut conn, id).await?.ok_or_else(|| not_found("tenant", id))?;
+        let t = store::get_tenant(&mut conn, id)
+            .await?
+            .ok_or_else(|| not_found("tenant", id))?;
         if t.state == TenantState::Deleted {
             return Err(Error::Conflict(format!("tenant {id} is deleted")));
         }

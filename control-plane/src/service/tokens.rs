@@ -20,7 +20,11 @@ pub enum Bootstrap {
 }
 
 impl Registry {
-    pub async fn create_token(&self, caller: &Caller, req: &CreateTokenRequest) -> Result<TokenCreated> {
+    pub async fn create_token(
+        &self,
+        caller: &Caller,
+        req: &CreateTokenRequest,
+    ) -> Result<TokenCreated> {
         let mut tx = self.store.begin(caller).await?;
         let created = insert_token(&mut tx, req).await?;
         tx.commit().await?;
@@ -29,19 +33,29 @@ impl Registry {
 
     pub async fn tokens(&self) -> Result<Vec<TokenView>> {
         let mut conn = self.store.read().await?;
-        Ok(store::list_tokens(&mut conn).await?.iter().map(TokenRow::view).collect())
+        Ok(store::list_tokens(&mut conn)
+            .await?
+            .iter()
+            .map(TokenRow::view)
+            .collect())
     }
 
     pub async fn revoke_token(&self, caller: &Caller, id: &str) -> Result<TokenView> {
         let mut tx = self.store.begin(caller).await?;
-        let token = store::get_token(tx.conn(), id).await?.ok_or_else(|| not_found("token", id))?;
+        let token = store::get_token(tx.conn(), id)
+            .await?
+            .ok_or_else(|| not_found("token", id))?;
         if token.revoked_at.is_some() {
             return Err(Error::Conflict(format!("token {id} is already revoked")));
         }
         let now = tx.now;
         store::revoke_token(tx.conn(), id, now).await?;
-        tx.audit("token.revoke", &format!("token/{id}"), json!({ "role": token.role, "cell": token.cell }))
-            .await?;
+        tx.audit(
+            "token.revoke",
+            &format!("token/{id}"),
+            json!({ "role": token.role, "cell": token.cell }),
+        )
+        .await?;
         let view = store::get_token(tx.conn(), id)
             .await?
             .ok_or_else(|| not_found("token", id))?
@@ -88,7 +102,9 @@ impl Registry {
 async fn insert_token(tx: &mut Tx, req: &CreateTokenRequest) -> Result<TokenCreated> {
     match (&req.role, &req.cell) {
         (Role::Agent, None) => {
-            return Err(Error::Invalid("an agent token must be bound to a cell (--cell CELL)".into()));
+            return Err(Error::Invalid(
+                "an agent token must be bound to a cell (--cell CELL)".into(),
+            ));
         }
         (Role::Agent, Some(cell)) => {
             if store::get_cell(tx.conn(), cell).await?.is_none() {
@@ -96,7 +112,9 @@ async fn insert_token(tx: &mut Tx, req: &CreateTokenRequest) -> Result<TokenCrea
             }
         }
         (role, Some(_)) => {
-            return Err(Error::Invalid(format!("only agent tokens are bound to a cell, not {role} tokens")));
+            return Err(Error::Invalid(format!(
+                "only agent tokens are bound to a cell, not {role} tokens"
+            )));
         }
         (_, None) => {}
     }
@@ -132,7 +150,12 @@ async fn insert_token(tx: &mut Tx, req: &CreateTokenRequest) -> Result<TokenCrea
 
 /// Writes a secret to a new file readable only by its owner.
 fn write_secret_file(path: &Path, secret: &str) -> Result<()> {
-    let io = |e: std::io::Error| Error::Io(format!("cannot write the admin token to {}: {e}", path.display()));
+    let io = |e: std::io::Error| {
+        Error::Io(format!(
+            "cannot write the admin token to {}: {e}",
+            path.display()
+        ))
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
@@ -148,7 +171,8 @@ fn write_secret_file(path: &Path, secret: &str) -> Result<()> {
     {
         // `mode` only applies when the file is created; tighten a pre-existing file too.
         use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io)?;
     }
     writeln!(file, "{secret}").map_err(io)?;
     file.sync_all().map_err(io)?;

@@ -47,7 +47,9 @@ pub fn tenant_view(
 ) -> TenantView {
     TenantView {
         placements: placements.iter().map(placement_view).collect(),
-        deletable_after: t.archived_at.map(|a| lifecycle::deletable_after(a, retention)),
+        deletable_after: t
+            .archived_at
+            .map(|a| lifecycle::deletable_after(a, retention)),
         id: t.id,
         state: t.state,
         state_reason: t.state_reason,

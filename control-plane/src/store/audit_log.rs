@@ -56,7 +56,15 @@ pub(super) async fn append(conn: &mut AnyConnection, entries: Vec<AuditEntry>) -
             }
             sql.push_str(&format!(
                 "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7,
+                b + 8,
+                b + 9
             ));
         }
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -122,9 +130,9 @@ pub async fn audit_list(
     target: Option<&str>,
     limit: i64,
 ) -> Result<Vec<cellfleet_api::AuditRecord>> {
-    let rows = match target {
-        Some(t) => {
-            sqlx::query(
+    let rows =
+        match target {
+            Some(t) => sqlx::query(
                 "SELECT seq, at, actor, action, target, correlation_id, payload, prev_hash, hash \
                  FROM audit_log WHERE target = $1 OR target LIKE $2 ORDER BY seq DESC LIMIT $3",
             )
@@ -132,18 +140,15 @@ pub async fn audit_list(
             .bind(format!("{t}/%"))
             .bind(limit)
             .fetch_all(&mut *conn)
-            .await?
-        }
-        None => {
-            sqlx::query(
+            .await?,
+            None => sqlx::query(
                 "SELECT seq, at, actor, action, target, correlation_id, payload, prev_hash, hash \
                  FROM audit_log ORDER BY seq DESC LIMIT $1",
             )
             .bind(limit)
             .fetch_all(&mut *conn)
-            .await?
-        }
-    };
+            .await?,
+        };
     let mut out = Vec::with_capacity(rows.len());
     for row in rows.iter().rev() {
         let r = stored(row)?;

@@ -142,11 +142,15 @@ impl Store {
             Backend::Postgres => {
                 // Two replicas starting together must not both migrate: hold a session lock.
                 let mut conn = self.pool.acquire().await?;
-                conn.execute(sqlx::query("SELECT pg_advisory_lock($1)").bind(MUTATION_LOCK_KEY + 1))
-                    .await?;
+                conn.execute(
+                    sqlx::query("SELECT pg_advisory_lock($1)").bind(MUTATION_LOCK_KEY + 1),
+                )
+                .await?;
                 let result = sqlx::migrate!("migrations/postgres").run(&mut *conn).await;
-                conn.execute(sqlx::query("SELECT pg_advisory_unlock($1)").bind(MUTATION_LOCK_KEY + 1))
-                    .await?;
+                conn.execute(
+                    sqlx::query("SELECT pg_advisory_unlock($1)").bind(MUTATION_LOCK_KEY + 1),
+                )
+                .await?;
                 result?;
             }
         }
@@ -205,7 +209,9 @@ impl Store {
 
 /// Turns `sqlite://path` into a URL that creates the file, creating its directory too.
 fn sqlite_url_creating_dirs(url: &str) -> Result<String> {
-    let rest = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let rest = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
     if path != ":memory:"
         && let Some(dir) = std::path::Path::new(path).parent()
@@ -216,14 +222,24 @@ fn sqlite_url_creating_dirs(url: &str) -> Result<String> {
             source,
         })?;
     }
-    let mode = if query.contains("mode=") { "" } else { "mode=rwc" };
-    let sep = if query.is_empty() || mode.is_empty() { "" } else { "&" };
+    let mode = if query.contains("mode=") {
+        ""
+    } else {
+        "mode=rwc"
+    };
+    let sep = if query.is_empty() || mode.is_empty() {
+        ""
+    } else {
+        "&"
+    };
     Ok(format!("sqlite://{path}?{query}{sep}{mode}"))
 }
 
 /// The file path of a SQLite URL (`None` for PostgreSQL or in-memory databases).
 pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
-    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next().unwrap_or(rest);
     (path != ":memory:" && !path.is_empty()).then(|| std::path::PathBuf::from(path))
 }
@@ -298,5 +314,6 @@ pub(crate) fn parse_column<T: std::str::FromStr>(what: &str, text: &str) -> Resu
 where
     T::Err: ToString,
 {
-    text.parse().map_err(|e: T::Err| corrupt(what, e.to_string()))
+    text.parse()
+        .map_err(|e: T::Err| corrupt(what, e.to_string()))
 }

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use cellfleet_api::{
-    CellName, CellSpec, CellState, Env, Explanation, Generation, RegionName, RegionSpec,
-    TenantId, TenantSpec, TenantState,
+    CellName, CellSpec, CellState, Env, Explanation, Generation, RegionName, RegionSpec, TenantId,
+    TenantSpec, TenantState,
 };
 use chrono::{DateTime, Utc};
 use sqlx::AnyConnection;
@@ -126,8 +126,14 @@ fn cell_row(row: &AnyRow) -> Result<CellRow> {
     let name: String = row.try_get("name")?;
     let load: i64 = row.try_get("load")?;
     Ok(CellRow {
-        labels: json_column(&format!("cell {name} labels"), &row.try_get::<String, _>("labels")?)?,
-        spec: json_column(&format!("cell {name} spec"), &row.try_get::<String, _>("spec")?)?,
+        labels: json_column(
+            &format!("cell {name} labels"),
+            &row.try_get::<String, _>("labels")?,
+        )?,
+        spec: json_column(
+            &format!("cell {name} spec"),
+            &row.try_get::<String, _>("spec")?,
+        )?,
         state: parse_column("cell state", &row.try_get::<String, _>("state")?)?,
         load: u32::try_from(load).unwrap_or(u32::MAX),
         name: parse_column("cell name", &name)?,
@@ -137,17 +143,21 @@ fn cell_row(row: &AnyRow) -> Result<CellRow> {
 }
 
 pub async fn list_cells(conn: &mut AnyConnection) -> Result<Vec<CellRow>> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{CELL_COLUMNS} ORDER BY c.name")))
-        .fetch_all(&mut *conn)
-        .await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{CELL_COLUMNS} ORDER BY c.name"
+    )))
+    .fetch_all(&mut *conn)
+    .await?;
     rows.iter().map(cell_row).collect()
 }
 
 pub async fn get_cell(conn: &mut AnyConnection, name: &CellName) -> Result<Option<CellRow>> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!("{CELL_COLUMNS} WHERE c.name = $1")))
-        .bind(name.to_string())
-        .fetch_optional(&mut *conn)
-        .await?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{CELL_COLUMNS} WHERE c.name = $1"
+    )))
+    .bind(name.to_string())
+    .fetch_optional(&mut *conn)
+    .await?;
     row.as_ref().map(cell_row).transpose()
 }
 
@@ -190,19 +200,23 @@ pub async fn upsert_cell(
 // ---------------------------------------------------------------------------------------------
 // Tenants
 
-const TENANT_COLUMNS: &str =
-    "SELECT id, state, state_reason, spec, created_at, updated_at, archived_at, pending FROM tenants";
+const TENANT_COLUMNS: &str = "SELECT id, state, state_reason, spec, created_at, updated_at, archived_at, pending FROM tenants";
 
 fn tenant_row(row: &AnyRow) -> Result<TenantRow> {
     let id: String = row.try_get("id")?;
     Ok(TenantRow {
         state: parse_column("tenant state", &row.try_get::<String, _>("state")?)?,
         state_reason: row.try_get("state_reason")?,
-        spec: json_column(&format!("tenant {id} spec"), &row.try_get::<String, _>("spec")?)?,
+        spec: json_column(
+            &format!("tenant {id} spec"),
+            &row.try_get::<String, _>("spec")?,
+        )?,
         id: parse_column("tenant id", &id)?,
         created_at: from_millis(row.try_get("created_at")?),
         updated_at: from_millis(row.try_get("updated_at")?),
-        archived_at: row.try_get::<Option<i64>, _>("archived_at")?.map(from_millis),
+        archived_at: row
+            .try_get::<Option<i64>, _>("archived_at")?
+            .map(from_millis),
         pending: row.try_get::<i64, _>("pending")? != 0,
     })
 }
@@ -225,10 +239,12 @@ pub async fn list_tenants(
 ) -> Result<Vec<TenantRow>> {
     let rows = match state {
         Some(s) => {
-            sqlx::query(sqlx::AssertSqlSafe(format!("{TENANT_COLUMNS} WHERE state = $1 ORDER BY id")))
-                .bind(s.as_str())
-                .fetch_all(&mut *conn)
-                .await?
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{TENANT_COLUMNS} WHERE state = $1 ORDER BY id"
+            )))
+            .bind(s.as_str())
+            .fetch_all(&mut *conn)
+            .await?
         }
         None => {
             sqlx::query(sqlx::AssertSqlSafe(format!("{TENANT_COLUMNS} ORDER BY id")))
@@ -240,10 +256,12 @@ pub async fn list_tenants(
 }
 
 pub async fn get_tenant(conn: &mut AnyConnection, id: &TenantId) -> Result<Option<TenantRow>> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!("{TENANT_COLUMNS} WHERE id = $1")))
-        .bind(id.to_string())
-        .fetch_optional(&mut *conn)
-        .await?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{TENANT_COLUMNS} WHERE id = $1"
+    )))
+    .bind(id.to_string())
+    .fetch_optional(&mut *conn)
+    .await?;
     row.as_ref().map(tenant_row).transpose()
 }
 
@@ -293,7 +311,10 @@ fn placement_row(row: &AnyRow) -> Result<PlacementRow> {
     })
 }
 
-pub async fn placements_of(conn: &mut AnyConnection, tenant: &TenantId) -> Result<Vec<PlacementRow>> {
+pub async fn placements_of(
+    conn: &mut AnyConnection,
+    tenant: &TenantId,
+) -> Result<Vec<PlacementRow>> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "{PLACEMENT_COLUMNS} WHERE tenant_id = $1 ORDER BY env"
     )))
@@ -304,9 +325,11 @@ pub async fn placements_of(conn: &mut AnyConnection, tenant: &TenantId) -> Resul
 }
 
 pub async fn list_placements(conn: &mut AnyConnection) -> Result<Vec<PlacementRow>> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{PLACEMENT_COLUMNS} ORDER BY tenant_id, env")))
-        .fetch_all(&mut *conn)
-        .await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{PLACEMENT_COLUMNS} ORDER BY tenant_id, env"
+    )))
+    .fetch_all(&mut *conn)
+    .await?;
     rows.iter().map(placement_row).collect()
 }
 
@@ -332,7 +355,9 @@ pub async fn insert_placement(conn: &mut AnyConnection, p: &PlacementRow) -> Res
 /// Removes every placement of a tenant (its data is gone: the tenant was deleted).
 pub async fn delete_placements(conn: &mut AnyConnection, tenant: &TenantId) -> Result<u64> {
     let done = conn
-        .execute(sqlx::query("DELETE FROM placements WHERE tenant_id = $1").bind(tenant.to_string()))
+        .execute(
+            sqlx::query("DELETE FROM placements WHERE tenant_id = $1").bind(tenant.to_string()),
+        )
         .await?;
     Ok(done.rows_affected())
 }
@@ -347,7 +372,9 @@ pub enum Counted {
 /// Rows per `state` value.
 pub async fn count_by_state(conn: &mut AnyConnection, what: Counted) -> Result<Vec<(String, i64)>> {
     let sql = match what {
-        Counted::Tenants => "SELECT state, COUNT(*) AS n FROM tenants GROUP BY state ORDER BY state",
+        Counted::Tenants => {
+            "SELECT state, COUNT(*) AS n FROM tenants GROUP BY state ORDER BY state"
+        }
         Counted::Cells => "SELECT state, COUNT(*) AS n FROM cells GROUP BY state ORDER BY state",
     };
     let rows = sqlx::query(sql).fetch_all(&mut *conn).await?;

@@ -35,7 +35,8 @@ impl TokenRow {
     }
 }
 
-const COLUMNS: &str = "SELECT id, role, cell, description, created_by, created_at, revoked_at FROM tokens";
+const COLUMNS: &str =
+    "SELECT id, role, cell, description, created_by, created_at, revoked_at FROM tokens";
 
 fn token_row(row: &AnyRow) -> Result<TokenRow> {
     Ok(TokenRow {
@@ -48,7 +49,9 @@ fn token_row(row: &AnyRow) -> Result<TokenRow> {
         description: row.try_get("description")?,
         created_by: row.try_get("created_by")?,
         created_at: from_millis(row.try_get("created_at")?),
-        revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(from_millis),
+        revoked_at: row
+            .try_get::<Option<i64>, _>("revoked_at")?
+            .map(from_millis),
     })
 }
 
@@ -90,14 +93,18 @@ pub async fn get_token(conn: &mut AnyConnection, id: &str) -> Result<Option<Toke
 }
 
 pub async fn list_tokens(conn: &mut AnyConnection) -> Result<Vec<TokenRow>> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{COLUMNS} ORDER BY created_at, id")))
-        .fetch_all(&mut *conn)
-        .await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{COLUMNS} ORDER BY created_at, id"
+    )))
+    .fetch_all(&mut *conn)
+    .await?;
     rows.iter().map(token_row).collect()
 }
 
 pub async fn count_tokens(conn: &mut AnyConnection) -> Result<i64> {
-    let row = sqlx::query("SELECT COUNT(*) AS n FROM tokens").fetch_one(&mut *conn).await?;
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM tokens")
+        .fetch_one(&mut *conn)
+        .await?;
     Ok(row.try_get("n")?)
 }
 

@@ -39,7 +39,10 @@ impl TestRegistry {
     }
 
     /// Applies YAML as an admin.
-    pub async fn apply(&self, yaml: &str) -> Result<cellfleet_api::ApplyResponse, cellfleet::service::Error> {
+    pub async fn apply(
+        &self,
+        yaml: &str,
+    ) -> Result<cellfleet_api::ApplyResponse, cellfleet::service::Error> {
         self.registry
             .apply(&caller(), Role::Admin, &[file("test.yaml", yaml)], false)
             .await
