@@ -284,7 +284,9 @@ pub fn validate_cell(
                 ));
             }
             Err(e) => {
-                return Err(origin.error("spec.endpoint", format!("{endpoint:?} is not a URL: {e}")));
+                return Err(
+                    origin.error("spec.endpoint", format!("{endpoint:?} is not a URL: {e}"))
+                );
             }
         }
     }
