@@ -12,7 +12,7 @@
 //! keeps its profile, its environments and a residency that still allows where it is. Those need
 //! a planned move (SPEC §9).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use cellfleet_api::{
     ApplyOutcome, ApplyResponse, ApplyResult, CellName, CellSpec, CellState, ManifestFile,
@@ -62,6 +62,8 @@ impl Registry {
 
         let mut tx = self.store.begin(caller).await?;
         let mut results = Vec::with_capacity(docs.len());
+        // Region names, read once the regions of this apply are written (tenants reference them).
+        let mut regions: Option<HashSet<RegionName>> = None;
         for doc in &docs {
             let result = match &doc.object {
                 Object::Region { name, spec } => {
@@ -71,7 +73,14 @@ impl Registry {
                     apply_cell(&mut tx, &doc.origin, name, labels, spec).await?
                 }
                 Object::Tenant { name, spec } => {
-                    apply_tenant(&mut tx, &doc.origin, name, spec, false).await?
+                    let known = match regions.take() {
+                        Some(known) => known,
+                        None => region_names(&mut tx).await?,
+                    };
+                    let result =
+                        apply_tenant(&mut tx, &doc.origin, &known, name, spec, false).await?;
+                    regions = Some(known);
+                    result
                 }
             };
             results.push(result);
@@ -121,7 +130,11 @@ impl Registry {
         let mut fleet = store::fleet_snapshot(tx.conn()).await?;
         let mut placed = Vec::new();
         for mut t in candidates {
-            let existing = store::placements_of(tx.conn(), &t.id).await?;
+            // A draft was never placed (placement is all or nothing): nothing to read.
+            let existing = match t.state {
+                TenantState::Draft => Vec::new(),
+                _ => store::placements_of(tx.conn(), &t.id).await?,
+            };
             placed.extend(
                 place_tenant(tx, &mut fleet, &self.settings.policy, &mut t, &existing).await?,
             );
@@ -316,17 +329,28 @@ fn refuse_cell_change(origin: &Origin, old: &CellRow, new: &CellSpec) -> Result<
     Ok(())
 }
 
+/// Every region's name.
+pub(super) async fn region_names(tx: &mut Tx) -> Result<HashSet<RegionName>> {
+    Ok(store::list_regions(tx.conn())
+        .await?
+        .into_iter()
+        .map(|r| r.name)
+        .collect())
+}
+
 /// Creates or updates a tenant from its spec (placement happens afterwards, for every pending
-/// tenant at once). With `must_be_new`, an existing tenant is a conflict (`tenant create`).
+/// tenant at once). `regions` are the regions that exist. With `must_be_new`, an existing tenant
+/// is a conflict (`tenant create`).
 pub(super) async fn apply_tenant(
     tx: &mut Tx,
     origin: &Origin,
+    regions: &HashSet<RegionName>,
     name: &TenantId,
     spec: &TenantSpec,
     must_be_new: bool,
 ) -> Result<ApplyResult> {
     for (i, region) in spec.residency.allowed_regions.iter().flatten().enumerate() {
-        if store::get_region(tx.conn(), region).await?.is_none() {
+        if !regions.contains(region) {
             return Err(origin
                 .error(
                     format!("spec.residency.allowedRegions[{i}]"),
@@ -336,7 +360,7 @@ pub(super) async fn apply_tenant(
         }
     }
     if let Some(p) = &spec.residency.preferred_region
-        && store::get_region(tx.conn(), p).await?.is_none()
+        && !regions.contains(p)
     {
         return Err(origin
             .error(

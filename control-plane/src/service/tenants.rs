@@ -6,7 +6,7 @@ use cellfleet_api::{
 };
 use serde_json::json;
 
-use super::apply::apply_tenant;
+use super::apply::{apply_tenant, region_names};
 use super::placing::target;
 use super::views::tenant_view;
 use super::{Error, Registry, Result, not_found};
@@ -30,7 +30,8 @@ impl Registry {
         };
         validate_tenant(&origin, spec)?;
         let mut tx = self.store.begin(caller).await?;
-        let created = apply_tenant(&mut tx, &origin, id, spec, true).await?;
+        let regions = region_names(&mut tx).await?;
+        let created = apply_tenant(&mut tx, &origin, &regions, id, spec, true).await?;
         debug_assert_eq!(created.outcome, ApplyOutcome::Created);
         self.place_pending(&mut tx, Some(std::slice::from_ref(id)))
             .await?;
