@@ -45,7 +45,13 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = req.method().to_string();
-    let span = tracing::info_span!("request", %method, %route, correlation_id = %id);
+    let span = tracing::info_span!(
+        "request",
+        %method,
+        %route,
+        correlation_id = %id,
+        actor = tracing::field::Empty
+    );
     let started = Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
     let elapsed = started.elapsed();
