@@ -1,7 +1,6 @@
 //! Operator routes for tenants: create, read, lifecycle, explain and context.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use cellfleet_api::{
     CreateTenantRequest, Env, ErrorBody, LifecycleRequest, TenantContext, TenantExplain, TenantId,
@@ -9,7 +8,7 @@ use cellfleet_api::{
 };
 use serde::Deserialize;
 
-use super::extract::{ApiJson, ApiQuery, Auth};
+use super::extract::{ApiJson, ApiQuery, Auth, OptionalJson};
 use super::{ApiError, AppState, parse_id};
 use crate::auth::Action;
 use crate::lifecycle::Transition;
@@ -78,18 +77,11 @@ async fn transition(
     auth: Auth,
     id: String,
     transition: Transition,
-    body: Bytes,
+    body: Option<LifecycleRequest>,
 ) -> Result<Json<TenantView>, ApiError> {
     let caller = auth.require(Action::ManageTenants)?;
     let id: TenantId = parse_id("tenant id", &id)?;
-    // The body is optional: an empty one means no reason.
-    let reason = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        serde_json::from_slice::<LifecycleRequest>(&body)
-            .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))?
-            .reason
-    };
+    let reason = body.and_then(|b| b.reason);
     Ok(Json(
         state
             .registry
@@ -105,7 +97,7 @@ pub async fn suspend(
     State(state): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
-    body: Bytes,
+    OptionalJson(body): OptionalJson<LifecycleRequest>,
 ) -> Result<Json<TenantView>, ApiError> {
     transition(state, auth, id, Transition::Suspend, body).await
 }
@@ -117,7 +109,7 @@ pub async fn resume(
     State(state): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
-    body: Bytes,
+    OptionalJson(body): OptionalJson<LifecycleRequest>,
 ) -> Result<Json<TenantView>, ApiError> {
     transition(state, auth, id, Transition::Resume, body).await
 }
@@ -129,7 +121,7 @@ pub async fn archive(
     State(state): State<AppState>,
     auth: Auth,
     Path(id): Path<String>,
-    body: Bytes,
+    OptionalJson(body): OptionalJson<LifecycleRequest>,
 ) -> Result<Json<TenantView>, ApiError> {
     transition(state, auth, id, Transition::Archive, body).await
 }
@@ -143,7 +135,7 @@ pub async fn delete(
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<Json<TenantView>, ApiError> {
-    transition(state, auth, id, Transition::Delete, Bytes::new()).await
+    transition(state, auth, id, Transition::Delete, None).await
 }
 
 #[utoipa::path(get, path = "/v1/tenants/{id}/explain", tag = "tenants", security(("bearer" = [])),
