@@ -18,7 +18,13 @@ use cellfleet_api::{ApplyRequest, ApplyResponse, ManifestFile};
 use cellfleet_e2e::{Db, TestDb};
 use serde_json::json;
 
-const CLIENTS: usize = 50;
+/// Concurrent clients (50; `CELLFLEET_BENCH_CLIENTS` overrides, e.g. 1 for unloaded latency).
+fn clients() -> usize {
+    std::env::var("CELLFLEET_BENCH_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50)
+}
 const TENANTS_PER_CLIENT: usize = 15;
 const ONBOARD: usize = 5_000;
 
@@ -70,7 +76,7 @@ async fn run(db: Db) -> anyhow::Result<()> {
     }));
     let token = std::fs::read_to_string(&token_file)?.trim().to_owned();
     let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(CLIENTS)
+        .pool_max_idle_per_host(clients())
         .build()?;
     let apply = |content: String| {
         let http = http.clone();
@@ -103,7 +109,7 @@ async fn run(db: Db) -> anyhow::Result<()> {
     // 1. Mutating API latency under 50 concurrent clients: create, suspend, resume.
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for c in 0..CLIENTS {
+    for c in 0..clients() {
         let (http, base, token) = (http.clone(), base.clone(), token.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -151,7 +157,8 @@ async fn run(db: Db) -> anyhow::Result<()> {
     );
 
     println!(
-        "| {db:?} | {n} mutations, {CLIENTS} clients | p50 {:.1} ms | p99 {:.1} ms | max {:.1} ms | {:.0} req/s | apply of {ONBOARD} tenants: {:.2} s = {:.0} tenants/s |",
+        "| {db:?} | {n} mutations, {} clients | p50 {:.1} ms | p99 {:.1} ms | max {:.1} ms | {:.0} req/s | apply of {ONBOARD} tenants: {:.2} s = {:.0} tenants/s |",
+        clients(),
         percentile(&latencies, 0.50).as_secs_f64() * 1e3,
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         latencies[n - 1].as_secs_f64() * 1e3,

@@ -119,11 +119,20 @@ impl Registry {
         tx: &mut Tx,
         only: Option<&[TenantId]>,
     ) -> Result<Vec<cellfleet_api::PlacedTenant>> {
-        let candidates: Vec<TenantRow> = store::pending_tenants(tx.conn())
-            .await?
-            .into_iter()
-            .filter(|t| only.is_none_or(|ids| ids.contains(&t.id)))
-            .collect();
+        let candidates: Vec<TenantRow> = match only {
+            None => store::pending_tenants(tx.conn()).await?,
+            Some(ids) => {
+                let mut rows = Vec::with_capacity(ids.len());
+                for id in ids {
+                    rows.extend(
+                        store::get_tenant(tx.conn(), id)
+                            .await?
+                            .filter(|t| t.pending),
+                    );
+                }
+                rows
+            }
+        };
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
