@@ -6,9 +6,11 @@
 //! one small crate means a field renamed on the server breaks the CLI at compile time, not in the
 //! field.
 
+pub mod agent;
 pub mod ids;
 pub mod model;
 
+pub use agent::*;
 pub use ids::{CellName, Env, Generation, IdError, RegionName, TenantId};
 pub use model::*;
 

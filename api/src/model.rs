@@ -261,6 +261,18 @@ pub struct CellView {
     pub endpoint: Option<String>,
     pub change_window: Option<ChangeWindow>,
     pub state: CellState,
+    /// Generation of what the cell should run; increases with every change to it.
+    pub desired_generation: i64,
+    /// The generation the cell's agent last reported it matches (none before its first report).
+    pub observed_generation: Option<i64>,
+    /// The release the agent last reported running.
+    pub release: Option<String>,
+    /// The newest migration the agent last reported applied.
+    pub migration_version: Option<i64>,
+    /// When the agent last reported.
+    pub reported_at: Option<DateTime<Utc>>,
+    /// Errors from the agent's last report.
+    pub errors: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -25,16 +25,19 @@ pub enum Action {
     ManageTenants,
     /// Create, list and revoke API tokens.
     ManageTokens,
+    /// A cell agent reading its own cell's desired state and reporting (agent tokens only).
+    AgentSync,
 }
 
 impl Action {
-    pub const ALL: [Action; 6] = [
+    pub const ALL: [Action; 7] = [
         Action::ReadFleet,
         Action::ReadAudit,
         Action::ReadMetadata,
         Action::ManageInfrastructure,
         Action::ManageTenants,
         Action::ManageTokens,
+        Action::AgentSync,
     ];
 
     pub fn describe(self) -> &'static str {
@@ -45,6 +48,7 @@ impl Action {
             Action::ManageInfrastructure => "change regions and cells",
             Action::ManageTenants => "change tenants",
             Action::ManageTokens => "manage API tokens",
+            Action::AgentSync => "use the cell agent routes",
         }
     }
 }
@@ -53,16 +57,17 @@ impl Action {
 pub fn allows(role: Role, action: Action) -> bool {
     use Action::*;
     match role {
-        Role::Admin => true,
+        // Agent routes act for one cell: only a token bound to that cell may use them.
+        Role::Admin => action != AgentSync,
         Role::Sre => matches!(
             action,
             ReadFleet | ReadAudit | ReadMetadata | ManageInfrastructure
         ),
         Role::Operator => matches!(action, ReadFleet | ReadAudit | ReadMetadata | ManageTenants),
         Role::Viewer => matches!(action, ReadFleet | ReadAudit | ReadMetadata),
-        // Edge proxies read routes and agents read their own cell's desired state; those routes
-        // check the role themselves. No operator route is open to them.
-        Role::Edge | Role::Agent => false,
+        Role::Agent => action == AgentSync,
+        // Edge proxies read routes (the routing routes check the role themselves).
+        Role::Edge => false,
     }
 }
 
@@ -122,11 +127,13 @@ mod tests {
     }
 
     #[test]
-    fn only_admins_manage_tokens_and_edge_and_agents_get_no_operator_action() {
+    fn only_admins_manage_tokens_and_only_agents_sync() {
         for role in Role::ALL {
             assert_eq!(allows(*role, Action::ManageTokens), *role == Role::Admin);
+            assert_eq!(allows(*role, Action::AgentSync), *role == Role::Agent);
             if matches!(role, Role::Edge | Role::Agent) {
-                assert!(Action::ALL.iter().all(|a| !allows(*role, *a)));
+                let operator_actions = Action::ALL.iter().filter(|a| **a != Action::AgentSync);
+                assert!(operator_actions.clone().all(|a| !allows(*role, *a)));
             }
         }
     }

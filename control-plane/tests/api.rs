@@ -116,6 +116,14 @@ fn routes() -> Vec<(&'static str, &'static str, Option<Value>, &'static [Role])>
         ("GET", "/v1/regions", None, READERS),
         ("GET", "/v1/cells", None, READERS),
         ("GET", "/v1/cells/euw1-pool-1", None, READERS),
+        ("GET", "/v1/cells/euw1-pool-1/desired", None, READERS),
+        ("GET", "/v1/agent/desired?timeout=0s", None, &[Agent]),
+        (
+            "POST",
+            "/v1/agent/report",
+            Some(json!({"observedGeneration": 0})),
+            &[Agent],
+        ),
         ("GET", "/v1/tenants", None, READERS),
         ("GET", "/v1/tenants/acme", None, READERS),
         ("GET", "/v1/tenants/acme/explain", None, READERS),
@@ -207,6 +215,76 @@ both_backends!(role_matrix_is_enforced_on_every_route, |backend| {
     // Health needs no token.
     let (status, _, _) = api.call("GET", "/healthz", None, None).await;
     assert_eq!(status, StatusCode::OK);
+});
+
+both_backends!(an_agent_token_acts_only_for_its_own_cell, |backend| {
+    let api = Api::new(backend).await;
+    let agent = api.token(Role::Agent).await; // bound to euw1-pool-1
+    let (status, v, _) = api
+        .call("GET", "/v1/agent/desired?timeout=0s", Some(&agent), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["cell"], "euw1-pool-1");
+    assert!(v["generation"].as_i64().unwrap() >= 1);
+    let (status, v, _) = api
+        .call(
+            "GET",
+            "/v1/agent/desired?timeout=0s&cell=use1-pool-1",
+            Some(&agent),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        v["message"],
+        "the agent token of cell euw1-pool-1 may not act for cell use1-pool-1"
+    );
+    let (status, _, _) = api
+        .call(
+            "POST",
+            "/v1/agent/report?cell=use1-pool-1",
+            Some(&agent),
+            Some(json!({"observedGeneration": 1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, v, _) = api
+        .call(
+            "POST",
+            "/v1/agent/report",
+            Some(&agent),
+            Some(json!({"observedGeneration": 99})),
+        )
+        .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict")),
+        "{v}"
+    );
+    let (status, _, _) = api
+        .call(
+            "POST",
+            "/v1/agent/report",
+            Some(&agent),
+            Some(json!({"observedGeneration": 1, "release": "1.0.0"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // Nothing else of the fleet is visible to it.
+    for path in [
+        "/v1/cells/use1-pool-1/desired",
+        "/v1/tenants/acme/context",
+        "/v1/cells",
+    ] {
+        let (status, _, _) = api.call("GET", path, Some(&agent), None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+    }
+    let admin = api.token(Role::Admin).await;
+    let (_, v, _) = api
+        .call("GET", "/v1/cells/euw1-pool-1", Some(&admin), None)
+        .await;
+    assert_eq!(v["release"], "1.0.0");
+    assert_eq!(v["observedGeneration"], 1);
 });
 
 both_backends!(errors_have_a_code_and_a_message, |backend| {

@@ -33,11 +33,34 @@ pub fn regions(regions: &[RegionView]) -> String {
 }
 
 pub fn cells(cells: &[CellView]) -> String {
+    let now = chrono::Utc::now();
     let mut t = table(&[
-        "NAME", "REGION", "KIND", "ENV", "STATE", "LOAD", "TEMPLATE", "LABELS",
+        "NAME",
+        "REGION",
+        "KIND",
+        "ENV",
+        "STATE",
+        "LOAD",
+        "GENERATION",
+        "RELEASE",
+        "MIGRATION",
+        "REPORTED",
+        "LABELS",
     ]);
     for c in cells {
         let labels: Vec<String> = c.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        // desired/observed; a `!` marks a cell whose agent reported errors.
+        let generation = format!(
+            "{}/{}{}",
+            c.desired_generation,
+            or_dash(c.observed_generation),
+            if c.errors.is_empty() { "" } else { " !" }
+        );
+        let age = c.reported_at.map(|at| {
+            let secs = (now - at).num_seconds().max(0);
+            humantime::format_duration(std::time::Duration::from_secs(secs as u64)).to_string()
+                + " ago"
+        });
         t.add_row(vec![
             c.name.to_string(),
             c.region.to_string(),
@@ -45,7 +68,10 @@ pub fn cells(cells: &[CellView]) -> String {
             c.env.to_string(),
             c.state.to_string(),
             format!("{}/{}", c.load, c.capacity),
-            c.template.clone(),
+            generation,
+            or_dash(c.release.as_ref()),
+            or_dash(c.migration_version),
+            or_dash(age),
             if labels.is_empty() {
                 "-".to_owned()
             } else {
@@ -58,7 +84,14 @@ pub fn cells(cells: &[CellView]) -> String {
 
 pub fn cell(c: &CellView) -> String {
     let mut out = cells(std::slice::from_ref(c));
-    out.push_str(&format!("\nendpoint: {}\n", or_dash(c.endpoint.as_ref())));
+    out.push_str(&format!(
+        "\ntemplate: {}\nendpoint: {}\n",
+        c.template,
+        or_dash(c.endpoint.as_ref())
+    ));
+    for e in &c.errors {
+        out.push_str(&format!("agent error: {e}\n"));
+    }
     if let Some(w) = &c.change_window {
         out.push_str(&format!(
             "change window: {} for {}\n",

@@ -12,6 +12,8 @@ use axum::response::Response;
 use tracing::Instrument;
 
 use super::{ApiError, AppState};
+use cellfleet_api::CellName;
+
 use crate::auth::{Action, Principal, allows};
 use crate::store::Caller;
 
@@ -98,6 +100,26 @@ impl Auth {
         match actions.iter().find(|a| allows(self.principal.role, **a)) {
             Some(a) => self.require(*a),
             None => self.require(actions[0]),
+        }
+    }
+
+    /// For the agent routes: the caller must be an agent token, and may only act for the cell it
+    /// is bound to (`requested`, when the request names one, must be that cell).
+    pub fn require_agent(
+        &self,
+        requested: Option<&CellName>,
+    ) -> Result<(Caller, CellName), ApiError> {
+        let caller = self.require(Action::AgentSync)?;
+        let Some(own) = &self.principal.cell else {
+            return Err(ApiError::Forbidden(
+                "this agent token is not bound to a cell".to_owned(),
+            ));
+        };
+        match requested {
+            Some(other) if other != own => Err(ApiError::Forbidden(format!(
+                "the agent token of cell {own} may not act for cell {other}"
+            ))),
+            _ => Ok((caller, own.clone())),
         }
     }
 

@@ -1,11 +1,11 @@
 //! The control plane's HTTP API.
 //!
-//! Routes are grouped by caller: `/v1/…` for operators and SREs (and later `/v1/agent/…` for
-//! cell agents and `/v1/routes/…` for edge proxies), plus `/healthz`, `/metrics` and
-//! `/openapi.json`. Every route but `/healthz` needs a bearer token; each handler is thin:
+//! Routes are grouped by caller: `/v1/…` for operators and SREs, `/v1/agent/…` for cell agents
+//! (and later `/v1/routes/…` for edge proxies), plus `/healthz`, `/metrics` and `/openapi.json`. Every route but `/healthz` needs a bearer token; each handler is thin:
 //! authorize (the role matrix in [`crate::auth`]) → parse → call the service → respond.
 
 mod admin;
+mod agent;
 mod error;
 mod extract;
 mod fleet;
@@ -57,6 +57,9 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/regions", get(fleet::list_regions))
         .route("/v1/cells", get(fleet::list_cells))
         .route("/v1/cells/{name}", get(fleet::get_cell))
+        .route("/v1/cells/{name}/desired", get(agent::cell_desired))
+        .route("/v1/agent/desired", get(agent::desired))
+        .route("/v1/agent/report", post(agent::report))
         .route("/v1/tenants", get(tenants::list).post(tenants::create))
         .route(
             "/v1/tenants/{id}",
@@ -100,7 +103,8 @@ where
     info(title = "cellfleet control plane", description = "Places tenants on cells, and serves the fleet registry to operators, SREs, agents and edge proxies."),
     paths(
         admin::healthz, admin::metrics, admin::openapi,
-        fleet::apply, fleet::list_regions, fleet::list_cells, fleet::get_cell,
+        fleet::apply, fleet::list_regions, fleet::list_cells, fleet::get_cell, agent::cell_desired,
+        agent::desired, agent::report,
         tenants::list, tenants::create, tenants::get, tenants::delete, tenants::suspend,
         tenants::resume, tenants::archive, tenants::explain, tenants::context,
         admin::create_token, admin::list_tokens, admin::revoke_token,

@@ -102,7 +102,7 @@ impl Registry {
             )
             .await?;
         if !dry_run {
-            tx.commit().await?;
+            self.commit(tx).await?;
         }
         // A dry run drops `tx` here, which rolls everything back.
         Ok(ApplyResponse {
@@ -287,6 +287,7 @@ async fn apply_cell(
     };
     let now = tx.now;
     store::upsert_cell(tx.conn(), name, labels, spec, state, now).await?;
+    tx.touch(name);
     tx.audit(
         &format!("cell.{outcome}"),
         &format!("cell/{name}"),
@@ -422,6 +423,10 @@ pub(super) async fn apply_tenant(
         }
         Some(t) => {
             refuse_tenant_change(tx, origin, &t, spec).await?;
+            // Quotas and flags are part of the desired state of the tenant's cells.
+            for p in store::placements_of(tx.conn(), &t.id).await? {
+                tx.touch(&p.cell);
+            }
             // New environments wait for placements.
             let pending = t.pending
                 || spec

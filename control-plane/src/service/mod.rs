@@ -2,6 +2,7 @@
 //! lifecycle, manifests) for the decision, and persists the result with its audit record in one
 //! transaction. Handlers and the CLI's `up` call these; nothing else writes the registry.
 
+mod agents;
 mod apply;
 mod diff;
 mod placing;
@@ -17,6 +18,7 @@ use crate::manifest::ManifestError;
 use crate::placement::Policy;
 use crate::store::{self, Store, StoreError};
 
+pub use agents::MAX_WAIT;
 pub use tokens::Bootstrap;
 
 /// Errors of registry operations; the HTTP layer maps each to a status and a stable code.
@@ -69,11 +71,17 @@ impl Default for Settings {
 pub struct Registry {
     store: Store,
     settings: Settings,
+    /// Bumped after every commit that moved a cell's desired-state generation.
+    changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Registry {
     pub fn new(store: Store, settings: Settings) -> Self {
-        Registry { store, settings }
+        Registry {
+            store,
+            settings,
+            changes: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -94,20 +102,26 @@ impl Registry {
             .collect())
     }
 
+    /// Cells with their desired generation and what their agents last reported.
     pub async fn cells(&self) -> Result<Vec<CellView>> {
         let mut conn = self.store.read().await?;
+        let reports = store::reports(&mut conn).await?;
         Ok(store::list_cells(&mut conn)
             .await?
             .into_iter()
-            .map(views::cell_view)
+            .map(|c| {
+                let report = reports.get(c.name.as_str());
+                views::cell_view(c, report)
+            })
             .collect())
     }
 
     pub async fn cell(&self, name: &CellName) -> Result<CellView> {
         let mut conn = self.store.read().await?;
+        let report = store::get_report(&mut conn, name).await?;
         store::get_cell(&mut conn, name)
             .await?
-            .map(views::cell_view)
+            .map(|c| views::cell_view(c, report.as_ref()))
             .ok_or_else(|| not_found("cell", name))
     }
 

@@ -81,6 +81,7 @@ pub(super) async fn place_tenant(
             placed_at: tx.now,
         };
         store::insert_placement(tx.conn(), &row).await?;
+        tx.touch(&row.cell);
         tx.audit(
             "placement.create",
             &format!("{}/{env}", target(tenant)),

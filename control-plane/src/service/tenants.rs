@@ -36,7 +36,7 @@ impl Registry {
         self.place_pending(&mut tx, Some(std::slice::from_ref(id)))
             .await?;
         let view = self.tenant_in(&mut tx, id).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(view)
     }
 
@@ -86,6 +86,11 @@ impl Registry {
     ) -> Result<TenantView> {
         let mut tx = self.store.begin(caller).await?;
         let mut t = self.load_for_change(&mut tx, id).await?;
+        // The tenant's state is part of its cells' desired state.
+        let mut placements = store::placements_of(tx.conn(), id).await?;
+        for p in &placements {
+            tx.touch(&p.cell);
+        }
         let from = t.state;
         let to = match transition {
             Transition::Delete => lifecycle::check_delete(
@@ -110,6 +115,7 @@ impl Registry {
                 // The tenant's data is gone once its retention has passed; its placements free
                 // their cells. The row stays as a tombstone so the id is never reused.
                 let removed = store::delete_placements(tx.conn(), id).await?;
+                placements.clear();
                 t.pending = false;
                 payload["placementsRemoved"] = json!(removed);
             }
@@ -126,8 +132,7 @@ impl Registry {
             // Freed capacity may let a waiting draft in.
             self.place_pending(&mut tx, None).await?;
         }
-        let placements = store::placements_of(tx.conn(), id).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(tenant_view(t, &placements, self.settings.archive_retention))
     }
 

@@ -27,7 +27,7 @@ impl Registry {
     ) -> Result<TokenCreated> {
         let mut tx = self.store.begin(caller).await?;
         let created = insert_token(&mut tx, req).await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(created)
     }
 
@@ -60,7 +60,7 @@ impl Registry {
             .await?
             .ok_or_else(|| not_found("token", id))?
             .view();
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(view)
     }
 
@@ -94,7 +94,7 @@ impl Registry {
         )
         .await?;
         write_secret_file(path, &created.token)?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(Bootstrap::Written(path.to_owned()))
     }
 }

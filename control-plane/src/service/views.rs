@@ -1,6 +1,6 @@
 //! Stored rows → API views.
 
-use cellfleet_api::{CellView, PlacementView, RegionView, TenantView};
+use cellfleet_api::{CellReport, CellView, PlacementView, RegionView, TenantView};
 
 use crate::lifecycle;
 use crate::store::{CellRow, PlacementRow, RegionRow, TenantRow};
@@ -14,8 +14,14 @@ pub fn region_view(r: RegionRow, cells: &[CellRow]) -> RegionView {
     }
 }
 
-pub fn cell_view(c: CellRow) -> CellView {
+pub fn cell_view(c: CellRow, report: Option<&CellReport>) -> CellView {
     CellView {
+        desired_generation: c.desired_generation,
+        observed_generation: report.map(|r| r.report.observed_generation),
+        release: report.and_then(|r| r.report.release.clone()),
+        migration_version: report.and_then(|r| r.report.migrations.iter().map(|m| m.version).max()),
+        reported_at: report.map(|r| r.reported_at),
+        errors: report.map(|r| r.report.errors.clone()).unwrap_or_default(),
         capacity: c.spec.effective_capacity(),
         template: c.spec.effective_template(),
         region: c.spec.region,

@@ -14,6 +14,7 @@
 //! and an in-process mutex queues this process's writers fairly instead of letting them spin on
 //! the busy timeout. Reads never take the lock.
 
+mod agents;
 mod audit_log;
 mod registry;
 mod tokens;
@@ -21,6 +22,7 @@ mod tokens;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cellfleet_api::CellName;
 use chrono::{DateTime, Utc};
 use sqlx::AnyConnection;
 use sqlx::any::AnyPoolOptions;
@@ -28,6 +30,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyPool, Executor, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+pub use agents::*;
 pub use audit_log::{AuditEntry, audit_all, audit_head, audit_list};
 pub use registry::*;
 pub use tokens::*;
@@ -199,6 +202,7 @@ impl Store {
             now: Utc::now(),
             caller: caller.clone(),
             audit: Vec::new(),
+            touched: Default::default(),
         })
     }
 
@@ -254,11 +258,23 @@ pub struct Tx {
     pub caller: Caller,
     /// Audit records of this mutation, appended to the chain in one batch at commit.
     audit: Vec<AuditEntry>,
+    /// Cells whose desired state this mutation may have changed (see `service::agents`).
+    touched: std::collections::BTreeSet<CellName>,
 }
 
 impl Tx {
     pub fn conn(&mut self) -> &mut AnyConnection {
         &mut self.tx
+    }
+
+    /// Notes that `cell`'s desired state may have changed in this mutation.
+    pub fn touch(&mut self, cell: &CellName) {
+        self.touched.insert(cell.clone());
+    }
+
+    /// The cells touched so far (drained).
+    pub fn take_touched(&mut self) -> std::collections::BTreeSet<CellName> {
+        std::mem::take(&mut self.touched)
     }
 
     /// Appends this mutation's audit records to the chain, then commits both together.

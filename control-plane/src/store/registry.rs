@@ -34,6 +34,8 @@ pub struct CellRow {
     pub state: CellState,
     /// Placements on the cell (derived, never stored).
     pub load: u32,
+    /// Generation of the cell's desired state.
+    pub desired_generation: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -120,7 +122,7 @@ pub async fn upsert_region(
 // Cells
 
 const CELL_COLUMNS: &str = "SELECT c.name, c.labels, c.spec, c.state, c.created_at, c.updated_at, \
-     (SELECT COUNT(*) FROM placements p WHERE p.cell = c.name) AS load FROM cells c";
+     c.desired_generation, (SELECT COUNT(*) FROM placements p WHERE p.cell = c.name) AS load FROM cells c";
 
 fn cell_row(row: &AnyRow) -> Result<CellRow> {
     let name: String = row.try_get("name")?;
@@ -136,6 +138,7 @@ fn cell_row(row: &AnyRow) -> Result<CellRow> {
         )?,
         state: parse_column("cell state", &row.try_get::<String, _>("state")?)?,
         load: u32::try_from(load).unwrap_or(u32::MAX),
+        desired_generation: row.try_get("desired_generation")?,
         name: parse_column("cell name", &name)?,
         created_at: from_millis(row.try_get("created_at")?),
         updated_at: from_millis(row.try_get("updated_at")?),
@@ -202,7 +205,7 @@ pub async fn upsert_cell(
 
 const TENANT_COLUMNS: &str = "SELECT id, state, state_reason, spec, created_at, updated_at, archived_at, pending FROM tenants";
 
-fn tenant_row(row: &AnyRow) -> Result<TenantRow> {
+pub(super) fn tenant_row(row: &AnyRow) -> Result<TenantRow> {
     let id: String = row.try_get("id")?;
     Ok(TenantRow {
         state: parse_column("tenant state", &row.try_get::<String, _>("state")?)?,
@@ -295,7 +298,7 @@ pub async fn put_tenant(conn: &mut AnyConnection, t: &TenantRow) -> Result<()> {
 const PLACEMENT_COLUMNS: &str =
     "SELECT tenant_id, env, cell, region, generation, explanation, placed_at FROM placements";
 
-fn placement_row(row: &AnyRow) -> Result<PlacementRow> {
+pub(super) fn placement_row(row: &AnyRow) -> Result<PlacementRow> {
     let tenant: String = row.try_get("tenant_id")?;
     Ok(PlacementRow {
         env: parse_column("placement env", &row.try_get::<String, _>("env")?)?,

@@ -1,0 +1,88 @@
+//! The cell agent protocol (SPEC §7): what a cell should run (desired state, versioned by a
+//! per-cell generation) and what its agent saw (reports).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::ids::{CellName, Env, Generation, TenantId};
+use crate::model::{Isolation, Profile, Quotas, TenantState};
+
+/// One tenant environment placed on the cell, as the agent must serve it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredTenant {
+    pub tenant: TenantId,
+    pub env: Env,
+    /// The placement's generation: an agent must not serve an older one.
+    pub generation: Generation,
+    pub state: TenantState,
+    pub profile: Profile,
+    pub quotas: Quotas,
+    #[schema(value_type = Object)]
+    pub flags: BTreeMap<String, serde_json::Value>,
+    pub isolation: Isolation,
+}
+
+/// Everything one cell should run. `generation` increases whenever any of the rest changes, so
+/// the same generation always means the same content.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredState {
+    pub cell: CellName,
+    pub generation: i64,
+    /// Tenants placed on the cell, ordered by (tenant, env).
+    pub tenants: Vec<DesiredTenant>,
+}
+
+/// A migration as an agent applied it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedMigration {
+    pub version: i64,
+    pub checksum: String,
+}
+
+/// Workload health over the agent's sliding window.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    pub window_seconds: u32,
+    pub requests: u64,
+    pub errors: u64,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+}
+
+/// What an agent reports after each reconcile.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentReport {
+    /// The desired-state generation the cell now matches.
+    pub observed_generation: i64,
+    /// The release the workload runs.
+    #[serde(default)]
+    pub release: Option<String>,
+    #[serde(default)]
+    pub migrations: Vec<AppliedMigration>,
+    #[serde(default)]
+    pub health: Option<Health>,
+    /// Rows per tenant in the cell database.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub tenant_rows: BTreeMap<String, i64>,
+    /// What stops the reconcile, if anything (one line each).
+    #[serde(default)]
+    pub errors: Vec<String>,
+}
+
+/// The last report of a cell, as the control plane stored it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CellReport {
+    #[serde(flatten)]
+    pub report: AgentReport,
+    pub reported_at: DateTime<Utc>,
+}

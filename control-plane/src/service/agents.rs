@@ -1,0 +1,178 @@
+//! The control-plane side of the cell agent protocol (SPEC §7).
+//!
+//! **Generations.** A cell's desired state is a document (the tenants placed there, with their
+//! state, quotas, flags and isolation). Rather than bumping a counter at every place that might
+//! change it, mutations only *touch* the cells they may have affected, and [`Registry::commit`]
+//! recomputes each touched cell's document inside the same transaction: if its hash differs from
+//! the stored one, the generation increases. So a generation always names exactly one content
+//! (level-triggered, nothing to forget), and an agent can treat "same generation, different
+//! content" as an error.
+//!
+//! **Long-poll.** After a commit that moved any generation, a watch channel wakes this replica's
+//! waiting agents; waiters also re-read every couple of seconds so changes committed by another
+//! replica are seen too.
+
+use std::time::Duration;
+
+use cellfleet_api::{AgentReport, CellName, DesiredState, DesiredTenant};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::{Error, Registry, Result, not_found};
+use crate::context::isolation;
+use crate::store::{self, Caller, PlacementRow, TenantRow, Tx};
+
+/// How often a waiting agent re-reads, to see changes made through other replicas.
+const REPLICA_POLL: Duration = Duration::from_secs(2);
+
+/// The longest an agent's long-poll may wait.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// The tenants part of a cell's desired state (what the generation versions).
+fn desired_tenants(rows: &[(PlacementRow, TenantRow)]) -> Vec<DesiredTenant> {
+    rows.iter()
+        .map(|(p, t)| DesiredTenant {
+            tenant: t.id.clone(),
+            env: p.env.clone(),
+            generation: p.generation,
+            state: t.state,
+            profile: t.spec.profile,
+            quotas: t.spec.quotas.clone(),
+            flags: t.spec.flags.clone(),
+            isolation: isolation(&t.id, t.spec.profile, &p.cell),
+        })
+        .collect()
+}
+
+fn content_hash(tenants: &[DesiredTenant]) -> String {
+    hex::encode(Sha256::digest(store::canonical(&tenants).as_bytes()))
+}
+
+impl Registry {
+    /// Commits a mutation: first re-derives the desired-state generation of every cell it
+    /// touched (see the module docs), then commits, then wakes waiting agents if anything moved.
+    pub(super) async fn commit(&self, mut tx: Tx) -> Result<()> {
+        let mut moved = false;
+        for cell in tx.take_touched() {
+            let Some((generation, old_hash)) = store::cell_generation(tx.conn(), &cell).await?
+            else {
+                continue;
+            };
+            let rows = store::placements_on(tx.conn(), &cell).await?;
+            let hash = content_hash(&desired_tenants(&rows));
+            if hash != old_hash {
+                store::set_cell_generation(tx.conn(), &cell, generation + 1, &hash).await?;
+                moved = true;
+            }
+        }
+        tx.commit().await?;
+        if moved {
+            self.changes.send_modify(|v| *v = v.wrapping_add(1));
+        }
+        Ok(())
+    }
+
+    /// A cell's desired state, read from one snapshot so generation and content agree.
+    pub async fn desired_state(&self, cell: &CellName) -> Result<DesiredState> {
+        let mut snapshot = self.store.read_snapshot().await?;
+        let (generation, _) = store::cell_generation(&mut snapshot, cell)
+            .await?
+            .ok_or_else(|| not_found("cell", cell))?;
+        let rows = store::placements_on(&mut snapshot, cell).await?;
+        Ok(DesiredState {
+            cell: cell.clone(),
+            generation,
+            tenants: desired_tenants(&rows),
+        })
+    }
+
+    /// Long-poll: returns the desired state as soon as its generation is above `since`, or the
+    /// current one when `wait` runs out.
+    pub async fn wait_desired(
+        &self,
+        cell: &CellName,
+        since: i64,
+        wait: Duration,
+    ) -> Result<DesiredState> {
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        let mut changes = self.changes.subscribe();
+        loop {
+            // Subscribe first, read second: a change committed in between is not missed.
+            changes.borrow_and_update();
+            let state = self.desired_state(cell).await?;
+            let now = tokio::time::Instant::now();
+            if state.generation > since || now >= deadline {
+                return Ok(state);
+            }
+            let nap = (deadline - now).min(REPLICA_POLL);
+            let _ = tokio::time::timeout(nap, changes.changed()).await;
+        }
+    }
+
+    /// Stores an agent's report. Reports that change what the cell runs or what stops it
+    /// (observed generation, release, migrations, errors) are audited; health and row counts
+    /// alone are not (they change on every report).
+    pub async fn report(
+        &self,
+        caller: &Caller,
+        cell: &CellName,
+        report: AgentReport,
+    ) -> Result<()> {
+        if report.errors.len() > 100 || report.errors.iter().any(|e| e.len() > 2000) {
+            return Err(Error::Invalid(
+                "errors: at most 100 entries of at most 2000 bytes".into(),
+            ));
+        }
+        if report.tenant_rows.len() > 100_000 || report.migrations.len() > 100_000 {
+            return Err(Error::Invalid("report too large".into()));
+        }
+        let mut tx = self.store.begin(caller).await?;
+        let (desired, _) = store::cell_generation(tx.conn(), cell)
+            .await?
+            .ok_or_else(|| not_found("cell", cell))?;
+        if report.observed_generation > desired || report.observed_generation < 0 {
+            return Err(Error::Conflict(format!(
+                "observedGeneration {} is not a generation of cell {cell} (desired is {desired})",
+                report.observed_generation
+            )));
+        }
+        let previous = store::get_report(tx.conn(), cell).await?.map(|r| r.report);
+        let significant = previous.as_ref().is_none_or(|p| {
+            (p.observed_generation, &p.release, &p.migrations, &p.errors)
+                != (
+                    report.observed_generation,
+                    &report.release,
+                    &report.migrations,
+                    &report.errors,
+                )
+        });
+        let now = tx.now;
+        store::put_report(tx.conn(), cell, &report, now).await?;
+        if significant {
+            tx.audit(
+                "cell.report",
+                &format!("cell/{cell}"),
+                json!({
+                    "observedGeneration": report.observed_generation,
+                    "release": report.release,
+                    "migrations": report.migrations,
+                    "errors": report.errors,
+                }),
+            )
+            .await?;
+        }
+        self.commit(tx).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_covers_the_content() {
+        let empty = content_hash(&[]);
+        assert_eq!(empty, content_hash(&[]));
+        assert_eq!(empty.len(), 64);
+    }
+}

@@ -1,0 +1,251 @@
+//! The control-plane side of the cell agent protocol, on SQLite and PostgreSQL: desired-state
+//! generations, long-poll, reports.
+
+// A panic in a test is a failed assertion, not a crash on user input.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use cellfleet::lifecycle::Transition;
+use cellfleet::service::Error;
+use cellfleet_api::{AgentReport, AppliedMigration, CellName, TenantId, TenantState};
+use support::*;
+
+fn cell(s: &str) -> CellName {
+    CellName::new(s).unwrap()
+}
+
+async fn generation(t: &TestRegistry, c: &str) -> i64 {
+    t.registry.desired_state(&cell(c)).await.unwrap().generation
+}
+
+both_backends!(generations_follow_the_content, |backend| {
+    let t = TestRegistry::new(backend).await;
+    t.apply(FLEET).await.unwrap();
+    // Every registered cell starts at generation 1 with nothing to run.
+    let us = t
+        .registry
+        .desired_state(&cell("use1-pool-1"))
+        .await
+        .unwrap();
+    assert_eq!((us.generation, us.tenants.len()), (1, 0));
+
+    t.apply(&tenant_doc("globex", "mt-standard", "{jurisdiction: us}"))
+        .await
+        .unwrap();
+    let us = t
+        .registry
+        .desired_state(&cell("use1-pool-1"))
+        .await
+        .unwrap();
+    assert_eq!(us.generation, 2);
+    assert_eq!(us.tenants[0].tenant.as_str(), "globex");
+    assert_eq!(us.tenants[0].state, TenantState::Active);
+    assert_eq!(
+        us.tenants[0].isolation.object_store.prefix,
+        "tenants/globex/"
+    );
+    assert_eq!(
+        generation(&t, "euw1-pool-1").await,
+        1,
+        "other cells are untouched"
+    );
+
+    // Unchanged apply: no bump. Flags change: bump, with the new flags.
+    t.apply(&tenant_doc("globex", "mt-standard", "{jurisdiction: us}"))
+        .await
+        .unwrap();
+    assert_eq!(generation(&t, "use1-pool-1").await, 2);
+    let with_flag = tenant_doc("globex", "mt-standard", "{jurisdiction: us}")
+        .replace("  residency:", "  flags: {beta: true}\n  residency:");
+    t.apply(&with_flag).await.unwrap();
+    let us = t
+        .registry
+        .desired_state(&cell("use1-pool-1"))
+        .await
+        .unwrap();
+    assert_eq!(us.generation, 3);
+    assert_eq!(us.tenants[0].flags["beta"], true);
+
+    // Lifecycle changes reach the cell; deleting removes the tenant from it.
+    let c = caller();
+    let id = TenantId::new("globex").unwrap();
+    t.registry
+        .transition(&c, &id, Transition::Suspend, None)
+        .await
+        .unwrap();
+    let us = t
+        .registry
+        .desired_state(&cell("use1-pool-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (us.generation, us.tenants[0].state),
+        (4, TenantState::Suspended)
+    );
+    // A cell spec change that does not change what runs there does not bump.
+    t.apply(&FLEET.replace("capacity: 50", "capacity: 60"))
+        .await
+        .unwrap();
+    assert_eq!(generation(&t, "use1-pool-1").await, 4);
+    assert_eq!(
+        t.registry
+            .cell(&cell("use1-pool-1"))
+            .await
+            .unwrap()
+            .desired_generation,
+        4
+    );
+});
+
+both_backends!(
+    long_poll_wakes_on_change_and_times_out_without_one,
+    |backend| {
+        let t = TestRegistry::new(backend).await;
+        t.apply(FLEET).await.unwrap();
+        let since = generation(&t, "use1-pool-1").await;
+
+        // No change: the wait runs out and returns the current state.
+        let started = Instant::now();
+        let same = t
+            .registry
+            .wait_desired(&cell("use1-pool-1"), since, Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert_eq!(same.generation, since);
+        assert!(started.elapsed() >= Duration::from_millis(300));
+
+        // A change while waiting wakes the waiter long before its timeout.
+        let registry = t.registry.clone();
+        let change = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            registry
+                .apply(
+                    &caller(),
+                    cellfleet_api::Role::Admin,
+                    &[file(
+                        "t.yaml",
+                        &tenant_doc("globex", "mt-standard", "{jurisdiction: us}"),
+                    )],
+                    false,
+                )
+                .await
+                .unwrap();
+        });
+        let started = Instant::now();
+        let newer = t
+            .registry
+            .wait_desired(&cell("use1-pool-1"), since, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(newer.generation, since + 1);
+        assert_eq!(newer.tenants.len(), 1);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "woken by the change, not by the timeout"
+        );
+        change.await.unwrap();
+
+        // Already newer: returns at once.
+        let now = t
+            .registry
+            .wait_desired(&cell("use1-pool-1"), 0, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(now.generation, since + 1);
+    }
+);
+
+both_backends!(
+    reports_are_stored_checked_and_audited_when_they_matter,
+    |backend| {
+        let t = TestRegistry::new(backend).await;
+        t.apply(FLEET).await.unwrap();
+        let c = caller();
+        let euw1 = cell("euw1-pool-1");
+        let desired = generation(&t, "euw1-pool-1").await;
+        let report = AgentReport {
+            observed_generation: desired,
+            release: Some("1.0.0".into()),
+            migrations: vec![
+                AppliedMigration {
+                    version: 1,
+                    checksum: "abc".into(),
+                },
+                AppliedMigration {
+                    version: 2,
+                    checksum: "def".into(),
+                },
+            ],
+            ..AgentReport::default()
+        };
+        t.registry.report(&c, &euw1, report.clone()).await.unwrap();
+        let view = t.registry.cell(&euw1).await.unwrap();
+        assert_eq!(view.observed_generation, Some(desired));
+        assert_eq!(view.release.as_deref(), Some("1.0.0"));
+        assert_eq!(view.migration_version, Some(2));
+        assert!(view.reported_at.is_some());
+        let audited = |records: Vec<cellfleet_api::AuditRecord>| {
+            records.iter().filter(|r| r.action == "cell.report").count()
+        };
+        assert_eq!(
+            audited(
+                t.registry
+                    .audit(Some("cell/euw1-pool-1"), 100)
+                    .await
+                    .unwrap()
+            ),
+            1
+        );
+
+        // The same report again (only health differs): stored, not audited again.
+        let mut again = report.clone();
+        again.health = Some(cellfleet_api::Health {
+            window_seconds: 60,
+            requests: 10,
+            ..Default::default()
+        });
+        t.registry.report(&c, &euw1, again).await.unwrap();
+        assert_eq!(
+            audited(
+                t.registry
+                    .audit(Some("cell/euw1-pool-1"), 100)
+                    .await
+                    .unwrap()
+            ),
+            1
+        );
+
+        // An error is audited and shown on the cell.
+        let mut failing = report.clone();
+        failing.errors = vec!["migration 2: checksum mismatch".into()];
+        t.registry.report(&c, &euw1, failing).await.unwrap();
+        assert_eq!(
+            t.registry.cell(&euw1).await.unwrap().errors,
+            ["migration 2: checksum mismatch"]
+        );
+        assert_eq!(
+            audited(
+                t.registry
+                    .audit(Some("cell/euw1-pool-1"), 100)
+                    .await
+                    .unwrap()
+            ),
+            2
+        );
+
+        // A generation the cell never had is refused.
+        let mut future = report.clone();
+        future.observed_generation = desired + 5;
+        assert!(matches!(
+            t.registry.report(&c, &euw1, future).await,
+            Err(Error::Conflict(_))
+        ));
+        assert!(matches!(
+            t.registry.report(&c, &cell("nope-1"), report).await,
+            Err(Error::NotFound { .. })
+        ));
+    }
+);
