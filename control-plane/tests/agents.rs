@@ -236,12 +236,22 @@ both_backends!(
             2
         );
 
-        // A generation the cell never had is refused.
-        let mut future = report.clone();
-        future.observed_generation = desired + 5;
+        // An agent ahead of the registry is stored and flagged; a negative generation is refused.
+        let mut ahead = report.clone();
+        ahead.observed_generation = desired + 5;
+        t.registry.report(&c, &euw1, ahead).await.unwrap();
+        let errors = t.registry.cell(&euw1).await.unwrap().errors;
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains(&format!("ahead of the desired {desired}"))),
+            "{errors:?}"
+        );
+        let mut negative = report.clone();
+        negative.observed_generation = -1;
         assert!(matches!(
-            t.registry.report(&c, &euw1, future).await,
-            Err(Error::Conflict(_))
+            t.registry.report(&c, &euw1, negative).await,
+            Err(Error::Invalid(_))
         ));
         assert!(matches!(
             t.registry.report(&c, &cell("nope-1"), report).await,

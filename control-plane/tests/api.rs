@@ -253,12 +253,12 @@ both_backends!(an_agent_token_acts_only_for_its_own_cell, |backend| {
             "POST",
             "/v1/agent/report",
             Some(&agent),
-            Some(json!({"observedGeneration": 99})),
+            Some(json!({"observedGeneration": -1})),
         )
         .await;
     assert_eq!(
         (status, v["code"].as_str()),
-        (StatusCode::CONFLICT, Some("conflict")),
+        (StatusCode::BAD_REQUEST, Some("invalid_request")),
         "{v}"
     );
     let (status, _, _) = api

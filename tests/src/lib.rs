@@ -103,13 +103,23 @@ fn random_suffix() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The `cellfleet` binary of this workspace.
+/// The `cellfleet` binary of this workspace (see [`workspace_bin`]).
+pub fn cellfleet_bin() -> PathBuf {
+    workspace_bin("cellfleet")
+}
+
+/// The `cell-agent` binary of this workspace (see [`workspace_bin`]).
+pub fn cell_agent_bin() -> PathBuf {
+    workspace_bin("cell-agent")
+}
+
+/// A binary of this workspace.
 ///
-/// `cargo test --workspace` builds it (the control plane's integration tests need it), so it is
-/// fresh whenever the suite runs the documented way. Building it from here would contend with the
+/// `cargo test --workspace` builds it (its package has integration tests), so it is fresh
+/// whenever the suite runs the documented way. Building it from here would contend with the
 /// running cargo for the build lock, so a missing or stale binary is an error that says what to
 /// run instead of a silent test of old code.
-pub fn cellfleet_bin() -> PathBuf {
+pub fn workspace_bin(name: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace root")
@@ -117,12 +127,12 @@ pub fn cellfleet_bin() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("debug").join("cellfleet");
+    let bin = target.join("debug").join(name);
     let built = std::fs::metadata(&bin)
         .and_then(|m| m.modified())
         .unwrap_or_else(|_| {
             panic!(
-                "{} is missing: run `cargo test --workspace` (or `cargo build -p cellfleet`)",
+                "{} is missing: run `cargo test --workspace` (or `cargo build --workspace`)",
                 bin.display()
             )
         });
@@ -137,7 +147,7 @@ pub fn cellfleet_bin() -> PathBuf {
         if let Ok(changed) = changed {
             assert!(
                 built >= changed,
-                "{} is older than {source}: run `cargo test --workspace` (or `cargo build -p cellfleet`)",
+                "{} is older than {source}: run `cargo test --workspace` (or `cargo build --workspace`)",
                 bin.display()
             );
         }
@@ -253,6 +263,66 @@ pub fn http_get(base: &str, path: &str, token: Option<&str>) -> std::io::Result<
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// A `cell-agent` process this test started; killed on drop.
+#[derive(Debug)]
+pub struct AgentProcess {
+    child: Child,
+}
+
+impl AgentProcess {
+    pub fn start(
+        control_plane: &str,
+        token_file: &Path,
+        cell: &str,
+        data_dir: &Path,
+    ) -> AgentProcess {
+        let child = Command::new(cell_agent_bin())
+            .args([
+                "--control-plane",
+                control_plane,
+                "--cell",
+                cell,
+                "--poll",
+                "5s",
+            ])
+            .arg("--token-file")
+            .arg(token_file)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start cell-agent");
+        AgentProcess { child }
+    }
+
+    /// Kills the agent (SIGKILL: recovery must not depend on a clean stop).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `condition` until it holds, for at most `within`; panics with `what` otherwise.
+/// (A convergence wait, not a timing assertion: `within` is generous.)
+pub fn eventually(within: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if condition() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("not within {within:?}: {what}");
 }
 
 /// The result of one CLI run.

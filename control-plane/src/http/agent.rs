@@ -67,7 +67,7 @@ pub async fn desired(
     responses(
         (status = 204, description = "Stored"),
         (status = 403, description = "Not an agent token, or another cell", body = ErrorBody),
-        (status = 409, description = "observedGeneration is not a generation of the cell", body = ErrorBody),
+        (status = 400, description = "Not a valid report", body = ErrorBody),
     ))]
 pub async fn report(
     State(state): State<AppState>,

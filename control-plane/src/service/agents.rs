@@ -127,12 +127,14 @@ impl Registry {
             return Err(Error::Invalid("report too large".into()));
         }
         let mut tx = self.store.begin(caller).await?;
-        let (desired, _) = store::cell_generation(tx.conn(), cell)
-            .await?
-            .ok_or_else(|| not_found("cell", cell))?;
-        if report.observed_generation > desired || report.observed_generation < 0 {
-            return Err(Error::Conflict(format!(
-                "observedGeneration {} is not a generation of cell {cell} (desired is {desired})",
+        if store::cell_generation(tx.conn(), cell).await?.is_none() {
+            return Err(not_found("cell", cell));
+        }
+        // An agent ahead of the registry (say, after the registry was restored from an older
+        // backup) is stored as reported: `cell list` shows it, and the agent refuses to go back.
+        if report.observed_generation < 0 {
+            return Err(Error::Invalid(format!(
+                "observedGeneration {} is not a generation",
                 report.observed_generation
             )));
         }

@@ -21,7 +21,7 @@ pub fn cell_view(c: CellRow, report: Option<&CellReport>) -> CellView {
         release: report.and_then(|r| r.report.release.clone()),
         migration_version: report.and_then(|r| r.report.migrations.iter().map(|m| m.version).max()),
         reported_at: report.map(|r| r.reported_at),
-        errors: report.map(|r| r.report.errors.clone()).unwrap_or_default(),
+        errors: cell_errors(c.desired_generation, report),
         capacity: c.spec.effective_capacity(),
         template: c.spec.effective_template(),
         region: c.spec.region,
@@ -64,4 +64,18 @@ pub fn tenant_view(
         updated_at: t.updated_at,
         archived_at: t.archived_at,
     }
+}
+
+/// The agent's reported errors, plus the control plane's own finding when the agent is ahead of
+/// the registry.
+fn cell_errors(desired: i64, report: Option<&CellReport>) -> Vec<String> {
+    let Some(r) = report else { return Vec::new() };
+    let mut errors = r.report.errors.clone();
+    if r.report.observed_generation > desired {
+        errors.push(format!(
+            "the agent runs generation {}, ahead of the desired {desired} (was the registry restored from an older backup?)",
+            r.report.observed_generation
+        ));
+    }
+    errors
 }
