@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::ids::{CellName, Env, Generation, TenantId};
-use crate::model::{Isolation, Profile, Quotas, TenantState};
+use crate::model::{CellKind, Isolation, Profile, Quotas, TenantState};
 
 /// One tenant environment placed on the cell, as the agent must serve it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -26,6 +26,50 @@ pub struct DesiredTenant {
     pub isolation: Isolation,
 }
 
+/// When a cell-database migration may run (SPEC §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Backward compatible: runs before the new code.
+    Expand,
+    /// Runs only after every cell runs the new code.
+    Contract,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Expand => "expand",
+            Phase::Contract => "contract",
+        }
+    }
+}
+
+impl std::str::FromStr for Phase {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "expand" => Ok(Phase::Expand),
+            "contract" => Ok(Phase::Contract),
+            other => Err(format!(
+                "unknown phase {other:?} (expected expand or contract)"
+            )),
+        }
+    }
+}
+
+/// One migration of the fleet-wide stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Migration {
+    pub version: i64,
+    pub name: String,
+    pub phase: Phase,
+    /// SHA-256 of the SQL text.
+    pub checksum: String,
+    pub sql: String,
+}
+
 /// Everything one cell should run. `generation` increases whenever any of the rest changes, so
 /// the same generation always means the same content.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -33,8 +77,37 @@ pub struct DesiredTenant {
 pub struct DesiredState {
     pub cell: CellName,
     pub generation: i64,
+    /// Pooled cells isolate tenants by row (RLS on PostgreSQL); dedicated cells by database.
+    pub kind: CellKind,
     /// Tenants placed on the cell, ordered by (tenant, env).
     pub tenants: Vec<DesiredTenant>,
+    /// The migration stream, in version order: the cell database must have all of them.
+    pub migrations: Vec<Migration>,
+}
+
+/// A migration file as the CLI read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationFile {
+    /// `V{version}__{name}.{expand|contract}.sql`
+    pub name: String,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AddMigrationsRequest {
+    pub files: Vec<MigrationFile>,
+}
+
+/// What `migration add` did with each file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationAdded {
+    pub version: i64,
+    pub name: String,
+    /// `created` or `unchanged`.
+    pub outcome: String,
 }
 
 /// A migration as an agent applied it.

@@ -259,3 +259,74 @@ both_backends!(
         ));
     }
 );
+
+fn migration(name: &str, sql: &str) -> cellfleet_api::MigrationFile {
+    cellfleet_api::MigrationFile {
+        name: name.into(),
+        content: sql.into(),
+    }
+}
+
+both_backends!(
+    the_migration_stream_is_append_only_and_reaches_every_cell,
+    |backend| {
+        let t = TestRegistry::new(backend).await;
+        t.apply(FLEET).await.unwrap();
+        let c = caller();
+        let v1 = migration(
+            "V1__notes.expand.sql",
+            "CREATE TABLE notes (tenant_id TEXT NOT NULL, body TEXT);",
+        );
+        let v2 = migration(
+            "V2__orders.expand.sql",
+            "CREATE TABLE orders (tenant_id TEXT NOT NULL, total INT);",
+        );
+        let added = t
+            .registry
+            .add_migrations(&c, &[v2.clone(), v1.clone()])
+            .await
+            .unwrap();
+        assert_eq!(
+            added
+                .iter()
+                .map(|a| (a.version, a.outcome.as_str()))
+                .collect::<Vec<_>>(),
+            [(1, "created"), (2, "created")]
+        );
+        for name in ["euw1-pool-1", "euw1-ded-1"] {
+            let d = t.registry.desired_state(&cell(name)).await.unwrap();
+            assert_eq!(
+                d.generation, 2,
+                "{name}: adding migrations changes every cell"
+            );
+            assert_eq!(
+                d.migrations.iter().map(|m| m.version).collect::<Vec<_>>(),
+                [1, 2]
+            );
+        }
+        // Again: unchanged, no generation moves.
+        let again = t.registry.add_migrations(&c, &[v1.clone()]).await.unwrap();
+        assert_eq!(again[0].outcome, "unchanged");
+        assert_eq!(generation(&t, "euw1-pool-1").await, 2);
+        // Different text for an existing version, or a version before the newest: refused.
+        let edited = migration("V1__notes.expand.sql", "CREATE TABLE notes (x INT);");
+        let err = t.registry.add_migrations(&c, &[edited]).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("V1 (notes) is already in the stream with different content"),
+            "{err}"
+        );
+        let t2 = TestRegistry::new(backend).await;
+        t2.registry.add_migrations(&c, &[v2]).await.unwrap();
+        let err = t2.registry.add_migrations(&c, &[v1]).await.unwrap_err();
+        assert!(
+            err.to_string().contains("V1 (notes) would go before V2"),
+            "{err}"
+        );
+        assert_eq!(
+            t2.registry.migrations().await.unwrap().len(),
+            1,
+            "nothing of a refused add is kept"
+        );
+    }
+);

@@ -10,3 +10,14 @@ CREATE TABLE cell_reports (
     report      TEXT NOT NULL,
     reported_at INTEGER NOT NULL
 );
+
+-- The fleet-wide, append-only stream of cell-database migrations (not to be confused with these
+-- registry migrations): every cell applies all of them, in version order.
+CREATE TABLE cell_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    phase      TEXT NOT NULL,
+    checksum   TEXT NOT NULL,
+    sql        TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);

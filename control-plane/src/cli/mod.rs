@@ -78,6 +78,9 @@ pub enum Command {
     /// Inspect regions.
     #[command(subcommand)]
     Region(RegionCommand),
+    /// The fleet-wide migration stream of the cell databases.
+    #[command(subcommand)]
+    Migration(MigrationCommand),
     /// Manage API tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -192,6 +195,17 @@ pub enum CellCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum RegionCommand {
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MigrationCommand {
+    /// Append migrations (files `V{version}__{name}.{expand|contract}.sql`, or a directory of them).
+    Add {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// The stream, in version order.
     List,
 }
 
@@ -313,6 +327,26 @@ async fn operate(client: &Client, format: Format, command: Command) -> anyhow::R
             &client.get::<Vec<RegionView>>("/v1/regions").await?,
             |r| output::regions(r),
         )?,
+        Command::Migration(MigrationCommand::Add { files }) => {
+            let files = read_files(&files, &["sql"])?
+                .into_iter()
+                .map(|f| cellfleet_api::MigrationFile {
+                    name: f.name,
+                    content: f.content,
+                })
+                .collect();
+            let added: Vec<cellfleet_api::MigrationAdded> = client
+                .post(
+                    "/v1/migrations",
+                    &cellfleet_api::AddMigrationsRequest { files },
+                )
+                .await?;
+            show(format, &added, |a| output::migrations_added(a))?
+        }
+        Command::Migration(MigrationCommand::List) => {
+            let stream: Vec<cellfleet_api::Migration> = client.get("/v1/migrations").await?;
+            show(format, &stream, |m| output::migrations(m))?
+        }
         Command::Token(TokenCommand::Create {
             role,
             cell,
@@ -453,6 +487,12 @@ fn tenant_spec(a: CreateTenantArgs) -> anyhow::Result<TenantSpec> {
 
 /// Reads manifest files; a directory contributes its `*.yaml`/`*.yml` files in name order.
 fn read_manifests(paths: &[PathBuf]) -> anyhow::Result<Vec<ManifestFile>> {
+    read_files(paths, &["yaml", "yml"])
+}
+
+/// Reads files; a directory contributes its files with one of `extensions`, in name order; `-`
+/// reads stdin.
+fn read_files(paths: &[PathBuf], extensions: &[&str]) -> anyhow::Result<Vec<ManifestFile>> {
     let mut files = Vec::new();
     for path in paths {
         if path.as_os_str() == "-" {
@@ -467,11 +507,18 @@ fn read_manifests(paths: &[PathBuf]) -> anyhow::Result<Vec<ManifestFile>> {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
                 .with_context(|| format!("cannot read directory {}", path.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .filter(|p| {
+                    p.extension()
+                        .is_some_and(|x| extensions.iter().any(|e| x == *e))
+                })
                 .collect();
             entries.sort();
             if entries.is_empty() {
-                bail!("{}: no *.yaml or *.yml files", path.display());
+                bail!(
+                    "{}: no *.{} files",
+                    path.display(),
+                    extensions.join(" or *.")
+                );
             }
             for p in entries {
                 files.push(read_manifest(&p)?);

@@ -354,3 +354,23 @@ pub fn verification(v: &AuditVerification) -> String {
         ),
     }
 }
+
+pub fn migrations(stream: &[cellfleet_api::Migration]) -> String {
+    let mut t = table(&["VERSION", "NAME", "PHASE", "CHECKSUM"]);
+    for m in stream {
+        t.add_row(vec![
+            m.version.to_string(),
+            m.name.clone(),
+            m.phase.as_str().to_owned(),
+            m.checksum[..12.min(m.checksum.len())].to_owned(),
+        ]);
+    }
+    t.to_string()
+}
+
+pub fn migrations_added(added: &[cellfleet_api::MigrationAdded]) -> String {
+    added
+        .iter()
+        .map(|a| format!("migration V{} ({}) {}\n", a.version, a.name, a.outcome))
+        .collect()
+}

@@ -2,7 +2,10 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use cellfleet_api::{ApplyRequest, ApplyResponse, CellName, CellView, ErrorBody, RegionView};
+use cellfleet_api::{
+    AddMigrationsRequest, ApplyRequest, ApplyResponse, CellName, CellView, ErrorBody, Migration,
+    MigrationAdded, RegionView,
+};
 
 use super::extract::{ApiJson, Auth};
 use super::{ApiError, AppState, parse_id};
@@ -61,4 +64,34 @@ pub async fn get_cell(
     auth.require(Action::ReadFleet)?;
     let name: CellName = parse_id("cell name", &name)?;
     Ok(Json(state.registry.cell(&name).await?))
+}
+
+/// Appends migrations to the fleet-wide stream (all or nothing; re-adding is a no-op).
+#[utoipa::path(post, path = "/v1/migrations", tag = "fleet", request_body = AddMigrationsRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "What happened to each file", body = [MigrationAdded]),
+        (status = 400, description = "A file is not a valid migration", body = ErrorBody),
+        (status = 409, description = "The stream is append-only", body = ErrorBody),
+    ))]
+pub async fn add_migrations(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiJson(req): ApiJson<AddMigrationsRequest>,
+) -> Result<Json<Vec<MigrationAdded>>, ApiError> {
+    let caller = auth.require(Action::ManageInfrastructure)?;
+    Ok(Json(
+        state.registry.add_migrations(&caller, &req.files).await?,
+    ))
+}
+
+/// The migration stream, in version order.
+#[utoipa::path(get, path = "/v1/migrations", tag = "fleet", security(("bearer" = [])),
+    responses((status = 200, body = [Migration])))]
+pub async fn list_migrations(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> Result<Json<Vec<Migration>>, ApiError> {
+    auth.require(Action::ReadFleet)?;
+    Ok(Json(state.registry.migrations().await?))
 }

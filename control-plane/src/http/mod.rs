@@ -55,6 +55,10 @@ pub fn app(state: AppState) -> Router {
         .route("/openapi.json", get(admin::openapi))
         .route("/v1/apply", post(fleet::apply))
         .route("/v1/regions", get(fleet::list_regions))
+        .route(
+            "/v1/migrations",
+            get(fleet::list_migrations).post(fleet::add_migrations),
+        )
         .route("/v1/cells", get(fleet::list_cells))
         .route("/v1/cells/{name}", get(fleet::get_cell))
         .route("/v1/cells/{name}/desired", get(agent::cell_desired))
@@ -103,7 +107,7 @@ where
     info(title = "cellfleet control plane", description = "Places tenants on cells, and serves the fleet registry to operators, SREs, agents and edge proxies."),
     paths(
         admin::healthz, admin::metrics, admin::openapi,
-        fleet::apply, fleet::list_regions, fleet::list_cells, fleet::get_cell, agent::cell_desired,
+        fleet::apply, fleet::list_regions, fleet::add_migrations, fleet::list_migrations, fleet::list_cells, fleet::get_cell, agent::cell_desired,
         agent::desired, agent::report,
         tenants::list, tenants::create, tenants::get, tenants::delete, tenants::suspend,
         tenants::resume, tenants::archive, tenants::explain, tenants::context,

@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use cellfleet_api::{AgentReport, CellName, DesiredState, DesiredTenant};
+use cellfleet_api::{AgentReport, CellKind, CellName, DesiredState, DesiredTenant, Migration};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -44,8 +44,11 @@ fn desired_tenants(rows: &[(PlacementRow, TenantRow)]) -> Vec<DesiredTenant> {
         .collect()
 }
 
-fn content_hash(tenants: &[DesiredTenant]) -> String {
-    hex::encode(Sha256::digest(store::canonical(&tenants).as_bytes()))
+/// The hash of everything a generation versions (the document without its generation).
+fn content_hash(kind: CellKind, tenants: &[DesiredTenant], migrations: &[Migration]) -> String {
+    hex::encode(Sha256::digest(
+        store::canonical(&(kind, tenants, migrations)).as_bytes(),
+    ))
 }
 
 impl Registry {
@@ -53,13 +56,22 @@ impl Registry {
     /// touched (see the module docs), then commits, then wakes waiting agents if anything moved.
     pub(super) async fn commit(&self, mut tx: Tx) -> Result<()> {
         let mut moved = false;
-        for cell in tx.take_touched() {
+        let touched = tx.take_touched();
+        let migrations = if touched.is_empty() {
+            Vec::new()
+        } else {
+            store::list_migrations(tx.conn()).await?
+        };
+        for cell in touched {
+            let Some(row) = store::get_cell(tx.conn(), &cell).await? else {
+                continue;
+            };
+            let rows = store::placements_on(tx.conn(), &cell).await?;
+            let hash = content_hash(row.spec.kind, &desired_tenants(&rows), &migrations);
             let Some((generation, old_hash)) = store::cell_generation(tx.conn(), &cell).await?
             else {
                 continue;
             };
-            let rows = store::placements_on(tx.conn(), &cell).await?;
-            let hash = content_hash(&desired_tenants(&rows));
             if hash != old_hash {
                 store::set_cell_generation(tx.conn(), &cell, generation + 1, &hash).await?;
                 moved = true;
@@ -75,14 +87,16 @@ impl Registry {
     /// A cell's desired state, read from one snapshot so generation and content agree.
     pub async fn desired_state(&self, cell: &CellName) -> Result<DesiredState> {
         let mut snapshot = self.store.read_snapshot().await?;
-        let (generation, _) = store::cell_generation(&mut snapshot, cell)
+        let row = store::get_cell(&mut snapshot, cell)
             .await?
             .ok_or_else(|| not_found("cell", cell))?;
         let rows = store::placements_on(&mut snapshot, cell).await?;
         Ok(DesiredState {
             cell: cell.clone(),
-            generation,
+            generation: row.desired_generation,
+            kind: row.spec.kind,
             tenants: desired_tenants(&rows),
+            migrations: store::list_migrations(&mut snapshot).await?,
         })
     }
 
@@ -173,8 +187,9 @@ mod tests {
 
     #[test]
     fn the_hash_covers_the_content() {
-        let empty = content_hash(&[]);
-        assert_eq!(empty, content_hash(&[]));
+        let empty = content_hash(CellKind::Pooled, &[], &[]);
+        assert_eq!(empty, content_hash(CellKind::Pooled, &[], &[]));
+        assert_ne!(empty, content_hash(CellKind::Dedicated, &[], &[]));
         assert_eq!(empty.len(), 64);
     }
 }

@@ -5,6 +5,7 @@
 mod agents;
 mod apply;
 mod diff;
+pub mod migrations;
 mod placing;
 mod tenants;
 mod tokens;

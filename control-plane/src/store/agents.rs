@@ -113,3 +113,53 @@ fn report_row(row: &sqlx::any::AnyRow) -> Result<(String, CellReport)> {
         },
     ))
 }
+
+/// The cell-migration stream, in version order.
+pub async fn list_migrations(conn: &mut AnyConnection) -> Result<Vec<cellfleet_api::Migration>> {
+    let rows = sqlx::query(
+        "SELECT version, name, phase, checksum, sql FROM cell_migrations ORDER BY version",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(cellfleet_api::Migration {
+                version: r.try_get("version")?,
+                name: r.try_get("name")?,
+                phase: super::parse_column("migration phase", &r.try_get::<String, _>("phase")?)?,
+                checksum: r.try_get("checksum")?,
+                sql: r.try_get("sql")?,
+            })
+        })
+        .collect()
+}
+
+pub async fn insert_migration(
+    conn: &mut AnyConnection,
+    m: &cellfleet_api::Migration,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    conn.execute(
+        sqlx::query(
+            "INSERT INTO cell_migrations (version, name, phase, checksum, sql, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(m.version)
+        .bind(m.name.clone())
+        .bind(m.phase.as_str())
+        .bind(m.checksum.clone())
+        .bind(m.sql.clone())
+        .bind(millis(now)),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Every cell's name.
+pub async fn cell_names(conn: &mut AnyConnection) -> Result<Vec<CellName>> {
+    let rows = sqlx::query("SELECT name FROM cells ORDER BY name")
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter()
+        .map(|r| super::parse_column("cell name", &r.try_get::<String, _>("name")?))
+        .collect()
+}
