@@ -50,9 +50,11 @@ pub struct Ledger {
     record: Option<Record>,
 }
 
+/// The hash of what a generation versions: everything but the generation itself.
 fn content_hash(state: &DesiredState) -> String {
     // Serialising plain data cannot fail.
-    let text = serde_json::to_string(&state.tenants).unwrap_or_default();
+    let text = serde_json::to_string(&(&state.kind, &state.tenants, &state.migrations))
+        .unwrap_or_default();
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
@@ -175,6 +177,8 @@ mod tests {
         DesiredState {
             cell: CellName::new("c").unwrap(),
             generation,
+            kind: cellfleet_api::CellKind::Pooled,
+            migrations: Vec::new(),
             tenants: (0..tenants)
                 .map(|_| serde_json::from_value(tenant.clone()).unwrap())
                 .collect(),
