@@ -305,7 +305,11 @@ both_backends!(
             );
         }
         // Again: unchanged, no generation moves.
-        let again = t.registry.add_migrations(&c, &[v1.clone()]).await.unwrap();
+        let again = t
+            .registry
+            .add_migrations(&c, std::slice::from_ref(&v1))
+            .await
+            .unwrap();
         assert_eq!(again[0].outcome, "unchanged");
         assert_eq!(generation(&t, "euw1-pool-1").await, 2);
         // Different text for an existing version, or a version before the newest: refused.
