@@ -149,6 +149,10 @@ pub struct AgentReport {
     /// What stops the reconcile, if anything (one line each).
     #[serde(default)]
     pub errors: Vec<String>,
+    /// Tables of a pooled cell's database without a `tenant_id` column, which row-level security
+    /// cannot isolate.
+    #[serde(default)]
+    pub isolation_drift: Vec<String>,
 }
 
 /// The last report of a cell, as the control plane stored it.

@@ -273,6 +273,8 @@ pub struct CellView {
     pub reported_at: Option<DateTime<Utc>>,
     /// Errors from the agent's last report.
     pub errors: Vec<String>,
+    /// Tables the agent found that row-level security cannot scope (no `tenant_id`).
+    pub isolation_drift: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

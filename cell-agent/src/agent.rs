@@ -1,16 +1,19 @@
 //! The agent loop: long-poll the control plane for this cell's desired state, record it in the
 //! ledger, make the cell match it, report.
 //!
-//! Making the cell match is, in this version, accepting the tenant set into the ledger (which the
-//! workload and migration steps of later versions read); the loop, the ledger rules, the reports
-//! and the recovery after restarts and control-plane outages are the real protocol.
+//! Making the cell match, in this version: the cell database has the whole migration stream
+//! (checksums verified on every pass) and, on pooled PostgreSQL cells, row-level security on every
+//! tenant table. Running the workload comes next. The reconcile is level-triggered: it runs on
+//! every pass against the ledger's state, not only when a new generation arrives, so drift (a
+//! tampered migration, a dropped policy) is found and reported.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use cellfleet_api::{AgentReport, DesiredState, ErrorBody};
+use cellfleet_api::{AgentReport, AppliedMigration, CellKind, DesiredState, ErrorBody};
 
+use crate::cell_db::CellDb;
 use crate::ledger::{Accepted, Ledger};
 
 #[derive(Debug, Clone)]
@@ -19,6 +22,8 @@ pub struct Config {
     pub token: String,
     pub cell: String,
     pub data_dir: PathBuf,
+    /// The cell database (`sqlite://…` or `postgres://…`).
+    pub database_url: String,
     /// How long each long-poll may wait.
     pub poll: Duration,
 }
@@ -104,13 +109,20 @@ pub async fn run(
     );
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(200);
-    // What stops the reconcile now (reported with every report until it clears).
-    let mut errors: Vec<String> = Vec::new();
+    let mut cell_db: Option<CellDb> = None;
+    // The newest generation the cell was made to match, and what that left in place.
+    let mut reconciled = 0;
+    let mut applied = Vec::new();
+    let mut drift = Vec::new();
     let mut reported: Option<AgentReport> = None;
+    let mut first = true;
     loop {
         let step = async {
-            let desired = cp.desired(ledger.generation(), config.poll).await?;
-            errors.clear();
+            // The first poll returns at once, so a restarted agent re-attaches without waiting.
+            let since = if first { 0 } else { ledger.generation() };
+            let desired = cp.desired(since, config.poll).await?;
+            first = false;
+            let mut errors = Vec::new();
             match ledger.accept(&desired) {
                 Ok(Accepted::Advanced) => {
                     tracing::info!(
@@ -125,12 +137,27 @@ pub async fn run(
                     errors.push(e.to_string());
                 }
             }
+            if let Some(state) = ledger.state() {
+                match reconcile(&config, &mut cell_db, state).await {
+                    Ok((now_applied, now_drift)) => {
+                        reconciled = state.generation;
+                        applied = now_applied;
+                        drift = now_drift;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "reconcile stopped");
+                        errors.push(e);
+                    }
+                }
+            }
             let report = AgentReport {
-                observed_generation: ledger.generation(),
-                errors: errors.clone(),
+                observed_generation: reconciled,
+                migrations: applied.clone(),
+                isolation_drift: drift.clone(),
+                errors,
                 ..AgentReport::default()
             };
-            // Report when something changed, and at least once per poll as a heartbeat.
+            // Every pass reports (a heartbeat); changes are logged.
             cp.report(&report).await?;
             if reported.as_ref() != Some(&report) {
                 tracing::info!(
@@ -139,8 +166,9 @@ pub async fn run(
                     "reported"
                 );
             }
+            let failing = !report.errors.is_empty();
             reported = Some(report);
-            anyhow::Ok(!errors.is_empty())
+            anyhow::Ok(failing)
         };
         tokio::select! {
             _ = &mut shutdown => {
@@ -150,8 +178,7 @@ pub async fn run(
             result = step => match result {
                 Ok(false) => backoff = Duration::from_millis(200),
                 Ok(true) => {
-                    // A refused desired state will be refused again until the control plane
-                    // changes: don't spin on it.
+                    // What failed will fail again until something changes: don't spin on it.
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
@@ -165,4 +192,32 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Makes the cell match `state`: migrations, then (pooled PostgreSQL cells) row-level security.
+/// Returns the applied migrations and the isolation drift, or the one-line reason it stopped.
+async fn reconcile(
+    config: &Config,
+    cell_db: &mut Option<CellDb>,
+    state: &DesiredState,
+) -> Result<(Vec<AppliedMigration>, Vec<String>), String> {
+    if cell_db.is_none() {
+        *cell_db = Some(
+            CellDb::open(&config.database_url)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let Some(db) = cell_db.as_ref() else {
+        return Err("cell database not open".to_owned());
+    };
+    let applied = db
+        .migrate(&state.migrations)
+        .await
+        .map_err(|e| e.to_string())?;
+    let drift = match state.kind {
+        CellKind::Pooled => db.enforce_rls().await.map_err(|e| e.to_string())?,
+        CellKind::Dedicated => Vec::new(),
+    };
+    Ok((applied, drift))
 }

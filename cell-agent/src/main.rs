@@ -2,6 +2,7 @@
 //! its cell's desired state, keeps a ledger in its data directory, and reports what it observes.
 
 mod agent;
+mod cell_db;
 mod ledger;
 
 use std::path::PathBuf;
@@ -25,6 +26,9 @@ struct Args {
     /// Directory for the ledger and the cell's local state.
     #[arg(long, env = "CELL_AGENT_DATA_DIR")]
     data_dir: PathBuf,
+    /// The cell database [default: sqlite://DATA_DIR/cell.db].
+    #[arg(long, env = "CELL_AGENT_DATABASE_URL")]
+    database_url: Option<String>,
     /// Longest wait of one long-poll.
     #[arg(long, env = "CELL_AGENT_POLL", default_value = "30s", value_parser = humantime::parse_duration)]
     poll: Duration,
@@ -54,6 +58,10 @@ fn main() -> std::process::ExitCode {
             control_plane: args.control_plane.clone(),
             token,
             cell: args.cell.clone(),
+            database_url: args
+                .database_url
+                .clone()
+                .unwrap_or_else(|| format!("sqlite://{}", args.data_dir.join("cell.db").display())),
             data_dir: args.data_dir.clone(),
             poll: args.poll,
         };

@@ -131,6 +131,74 @@ async fn agents_converge_survive_restarts_and_refuse_stale_state() {
     assert_eq!(ledger["generation"], 2);
     assert_eq!(ledger["state"]["tenants"].as_array().map(Vec::len), Some(1));
 
+    // The migration stream reaches both cell databases.
+    let migrations = db.dir.path().join("migrations");
+    std::fs::create_dir_all(&migrations).unwrap_or_default();
+    std::fs::write(
+        migrations.join("V1__notes.expand.sql"),
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, tenant_id TEXT NOT NULL, body TEXT NOT NULL);",
+    )
+    .unwrap_or_default();
+    std::fs::write(
+        migrations.join("V2__notes_index.expand.sql"),
+        "CREATE INDEX notes_tenant ON notes (tenant_id);",
+    )
+    .unwrap_or_default();
+    let added = cli(
+        &url,
+        &admin,
+        &[
+            "migration",
+            "add",
+            "-f",
+            migrations.to_str().unwrap_or_default(),
+        ],
+    );
+    assert!(
+        added.ok().contains("migration V2 (notes_index) created"),
+        "{}",
+        added.stdout
+    );
+    for cell in ["cell-a", "cell-b"] {
+        eventually(
+            Duration::from_secs(30),
+            &format!("{cell} has the migrations"),
+            || {
+                let v = cli(&url, &admin, &["cell", "get", cell, "-o", "json"]).json();
+                v["migrationVersion"] == 2 && v["observedGeneration"] == v["desiredGeneration"]
+            },
+        );
+    }
+    assert!(data_dirs[1].join("cell.db").exists());
+
+    // Tampering with an applied migration in cell-b's database stops its reconcile, reported.
+    {
+        let mut conn = {
+            use sqlx::Connection;
+            sqlx::any::install_default_drivers();
+            sqlx::AnyConnection::connect(&format!(
+                "sqlite://{}",
+                data_dirs[1].join("cell.db").display()
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("cell database: {e}"))
+        };
+        use sqlx::Executor;
+        conn.execute("UPDATE cellfleet_migrations SET checksum = 'edited' WHERE version = 1")
+            .await
+            .unwrap_or_else(|e| panic!("tamper: {e}"));
+    }
+    eventually(
+        Duration::from_secs(30),
+        "cell-b reports the checksum mismatch",
+        || {
+            let (_, _, errors) = generations(&url, &admin, "cell-b");
+            errors.iter().any(|e| {
+                e.starts_with("migration V1 (notes): the cell database recorded checksum edited")
+            })
+        },
+    );
+
     // Kill cell-a's agent, change its cell while it is down, start it again: it resumes from its
     // ledger and catches up.
     let (cell, token_file, agent) = agents.remove(0);
@@ -143,7 +211,7 @@ async fn agents_converge_survive_restarts_and_refuse_stale_state() {
     let (desired, observed, _) = generations(&url, &admin, cell);
     assert_eq!(
         (desired, observed),
-        (3, Some(2)),
+        (4, Some(3)),
         "the change is pending while the agent is down"
     );
     let restarted = AgentProcess::start(&url, &token_file, cell, &data_dirs[0]);
@@ -159,7 +227,7 @@ async fn agents_converge_survive_restarts_and_refuse_stale_state() {
     let path = data_dirs[0].join("ledger.json");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_default()
-        .replace("\"generation\": 3", "\"generation\": 99");
+        .replace("\"generation\": 4", "\"generation\": 99");
     std::fs::write(&path, text).unwrap_or_default();
     let _stale = AgentProcess::start(&url, &token_file, cell, &data_dirs[0]);
     eventually(
@@ -170,10 +238,10 @@ async fn agents_converge_survive_restarts_and_refuse_stale_state() {
             observed == Some(99)
                 && errors.iter().any(|e| {
                     e.contains(
-                        "desired generation 3 is older than the ledger's 99: refusing to go back",
+                        "desired generation 4 is older than the ledger's 99: refusing to go back",
                     )
                 })
-                && errors.iter().any(|e| e.contains("ahead of the desired 3"))
+                && errors.iter().any(|e| e.contains("ahead of the desired 4"))
         },
     );
 }

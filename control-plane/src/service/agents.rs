@@ -154,13 +154,19 @@ impl Registry {
         }
         let previous = store::get_report(tx.conn(), cell).await?.map(|r| r.report);
         let significant = previous.as_ref().is_none_or(|p| {
-            (p.observed_generation, &p.release, &p.migrations, &p.errors)
-                != (
-                    report.observed_generation,
-                    &report.release,
-                    &report.migrations,
-                    &report.errors,
-                )
+            (
+                p.observed_generation,
+                &p.release,
+                &p.migrations,
+                &p.errors,
+                &p.isolation_drift,
+            ) != (
+                report.observed_generation,
+                &report.release,
+                &report.migrations,
+                &report.errors,
+                &report.isolation_drift,
+            )
         });
         let now = tx.now;
         store::put_report(tx.conn(), cell, &report, now).await?;

@@ -22,6 +22,9 @@ pub fn cell_view(c: CellRow, report: Option<&CellReport>) -> CellView {
         migration_version: report.and_then(|r| r.report.migrations.iter().map(|m| m.version).max()),
         reported_at: report.map(|r| r.reported_at),
         errors: cell_errors(c.desired_generation, report),
+        isolation_drift: report
+            .map(|r| r.report.isolation_drift.clone())
+            .unwrap_or_default(),
         capacity: c.spec.effective_capacity(),
         template: c.spec.effective_template(),
         region: c.spec.region,
