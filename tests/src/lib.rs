@@ -120,6 +120,11 @@ pub fn cell_agent_bin() -> PathBuf {
 /// running cargo for the build lock, so a missing or stale binary is an error that says what to
 /// run instead of a silent test of old code.
 pub fn workspace_bin(name: &str) -> PathBuf {
+    workspace_bin_in("debug", name)
+}
+
+/// A binary of this workspace built with `profile` (`debug` or `release`); see [`workspace_bin`].
+pub fn workspace_bin_in(profile: &str, name: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace root")
@@ -127,7 +132,7 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    let bin = target.join("debug").join(name);
+    let bin = target.join(profile).join(name);
     let built = std::fs::metadata(&bin)
         .and_then(|m| m.modified())
         .unwrap_or_else(|_| {
