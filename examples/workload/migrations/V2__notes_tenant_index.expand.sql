@@ -1,0 +1,1 @@
+CREATE INDEX notes_tenant ON notes (tenant_id, id);
