@@ -70,6 +70,64 @@ pub struct Migration {
     pub sql: String,
 }
 
+/// What a cell deploys for a release. Locally (the `local` provider) it is a command the agent
+/// runs and supervises; other deployers read the same fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Artifact {
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReleaseMigrations {
+    /// The release needs every migration of the stream up to this version.
+    pub up_to: i64,
+}
+
+/// A release manifest's spec (`metadata.name` is the semver version).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReleaseSpec {
+    pub artifact: Artifact,
+    #[serde(default)]
+    pub migrations: Option<ReleaseMigrations>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseView {
+    pub version: String,
+    pub spec: ReleaseSpec,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateReleaseRequest {
+    pub file: crate::model::ManifestFile,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployRequest {
+    /// The cells to move to the release; empty means every cell.
+    #[serde(default)]
+    pub cells: Vec<CellName>,
+}
+
+/// The release a cell should run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredRelease {
+    pub version: String,
+    pub artifact: Artifact,
+}
+
 /// Everything one cell should run. `generation` increases whenever any of the rest changes, so
 /// the same generation always means the same content.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -83,6 +141,10 @@ pub struct DesiredState {
     pub tenants: Vec<DesiredTenant>,
     /// The migration stream, in version order: the cell database must have all of them.
     pub migrations: Vec<Migration>,
+    /// The release the cell's workload should run (none until one is deployed to it).
+    pub release: Option<DesiredRelease>,
+    /// Where the cell's workload serves (the cell's `endpoint`).
+    pub endpoint: Option<String>,
 }
 
 /// A migration file as the CLI read it.

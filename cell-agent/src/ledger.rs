@@ -53,8 +53,14 @@ pub struct Ledger {
 /// The hash of what a generation versions: everything but the generation itself.
 fn content_hash(state: &DesiredState) -> String {
     // Serialising plain data cannot fail.
-    let text = serde_json::to_string(&(&state.kind, &state.tenants, &state.migrations))
-        .unwrap_or_default();
+    let content = (
+        &state.kind,
+        &state.tenants,
+        &state.migrations,
+        &state.release,
+        &state.endpoint,
+    );
+    let text = serde_json::to_string(&content).unwrap_or_default();
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
@@ -179,6 +185,8 @@ mod tests {
             generation,
             kind: cellfleet_api::CellKind::Pooled,
             migrations: Vec::new(),
+            release: None,
+            endpoint: None,
             tenants: (0..tenants)
                 .map(|_| serde_json::from_value(tenant.clone()).unwrap())
                 .collect(),

@@ -214,6 +214,71 @@ fn parse_document(origin: &Origin, value: serde_json::Value) -> Result<Object, M
     }
 }
 
+/// Parses a release manifest: one document of kind `Release` whose `metadata.name` is the
+/// release's semver version.
+pub fn parse_release(
+    file: &ManifestFile,
+) -> Result<(String, cellfleet_api::ReleaseSpec), ManifestError> {
+    let origin = Origin {
+        file: file.name.clone(),
+        document: 1,
+    };
+    let mut docs = yaml_serde::Deserializer::from_str(&file.content);
+    let value = match docs.next() {
+        Some(de) => serde_json::Value::deserialize(de)
+            .map_err(|e| origin.error("", format!("not valid YAML: {e}")))?,
+        None => serde_json::Value::Null,
+    };
+    if docs.next().is_some() {
+        return Err(origin.error("", "a release file holds exactly one document"));
+    }
+    if !value.is_object() {
+        return Err(origin.error(
+            "",
+            "a release is a mapping with apiVersion, kind, metadata and spec",
+        ));
+    }
+    let envelope: Envelope = typed(&origin, "", value)?;
+    if envelope.api_version != API_VERSION {
+        return Err(origin.error(
+            "apiVersion",
+            format!(
+                "unsupported apiVersion {:?} (expected {API_VERSION})",
+                envelope.api_version
+            ),
+        ));
+    }
+    if envelope.kind != "Release" {
+        return Err(origin.error(
+            "kind",
+            format!("expected kind Release, got {:?}", envelope.kind),
+        ));
+    }
+    if envelope.metadata.labels.is_some() {
+        return Err(origin.error("metadata.labels", "labels are only supported on Cell"));
+    }
+    let version = envelope.metadata.name;
+    if let Err(e) = semver::Version::parse(&version) {
+        return Err(origin.error(
+            "metadata.name",
+            format!("{version:?} is not a semver version (e.g. 2.4.0): {e}"),
+        ));
+    }
+    let spec: cellfleet_api::ReleaseSpec = typed(&origin, "spec", envelope.spec)?;
+    if spec.artifact.command.trim().is_empty() {
+        return Err(origin.error("spec.artifact.command", "must not be empty"));
+    }
+    if let Some(m) = &spec.migrations
+        && m.up_to < 0
+    {
+        return Err(origin.error(
+            "spec.migrations.upTo",
+            "must be a migration version (0 for none)",
+        ));
+    }
+    Ok((version, spec))
+}
+
 fn is_short_token(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 32

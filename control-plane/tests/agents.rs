@@ -334,3 +334,119 @@ both_backends!(
         );
     }
 );
+
+fn release_file(version: &str, spec: &str) -> cellfleet_api::ManifestFile {
+    file(
+        "release.yaml",
+        &format!(
+            "apiVersion: cellfleet.io/v1\nkind: Release\nmetadata: {{name: \"{version}\"}}\nspec: {spec}\n"
+        ),
+    )
+}
+
+both_backends!(
+    releases_are_immutable_and_deploys_reach_the_cells,
+    |backend| {
+        let t = TestRegistry::new(backend).await;
+        t.apply(FLEET).await.unwrap();
+        let c = caller();
+        let spec = "{artifact: {command: notes-workload, env: {WORKLOAD_ERROR_RATE: \"0\"}}}";
+        let (v, created) = t
+            .registry
+            .create_release(&c, &release_file("1.0.0", spec))
+            .await
+            .unwrap();
+        assert!(created);
+        assert_eq!(v.spec.artifact.command, "notes-workload");
+        let (_, created) = t
+            .registry
+            .create_release(&c, &release_file("1.0.0", spec))
+            .await
+            .unwrap();
+        assert!(!created, "the same release again is a no-op");
+        let err = t
+            .registry
+            .create_release(&c, &release_file("1.0.0", "{artifact: {command: other}}"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("releases are immutable"), "{err}");
+        let err = t
+            .registry
+            .create_release(&c, &release_file("one", spec))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "release.yaml: document 1: metadata.name: \"one\" is not a semver version"
+            ),
+            "{err}"
+        );
+        let err = t
+            .registry
+            .create_release(
+                &c,
+                &release_file("1.1.0", "{artifact: {command: x}, migrations: {upTo: 3}}"),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("needs migrations up to V3, but the stream ends at V0"),
+            "{err}"
+        );
+
+        let before = generation(&t, "use1-pool-1").await;
+        let changed = t
+            .registry
+            .deploy_release(&c, "1.0.0", &[cell("euw1-pool-1")])
+            .await
+            .unwrap();
+        assert_eq!(changed, [cell("euw1-pool-1")]);
+        let d = t
+            .registry
+            .desired_state(&cell("euw1-pool-1"))
+            .await
+            .unwrap();
+        assert_eq!(d.generation, 2);
+        assert_eq!(
+            d.release.as_ref().map(|r| r.version.as_str()),
+            Some("1.0.0")
+        );
+        assert_eq!(d.release.unwrap().artifact.env["WORKLOAD_ERROR_RATE"], "0");
+        assert_eq!(
+            generation(&t, "use1-pool-1").await,
+            before,
+            "other cells keep their state"
+        );
+        // Everywhere: only the cells not yet on it change.
+        let changed = t.registry.deploy_release(&c, "1.0.0", &[]).await.unwrap();
+        assert_eq!(changed.len(), 3);
+        assert!(
+            t.registry
+                .deploy_release(&c, "1.0.0", &[])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(matches!(
+            t.registry.deploy_release(&c, "9.9.9", &[]).await,
+            Err(Error::NotFound { .. })
+        ));
+        assert!(matches!(
+            t.registry
+                .deploy_release(&c, "1.0.0", &[cell("nope-1")])
+                .await,
+            Err(Error::NotFound { .. })
+        ));
+        let audit = t
+            .registry
+            .audit(Some("cell/euw1-pool-1"), 10)
+            .await
+            .unwrap();
+        assert!(
+            audit
+                .iter()
+                .any(|r| r.action == "cell.release" && r.payload["to"] == "1.0.0")
+        );
+    }
+);

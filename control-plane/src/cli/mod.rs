@@ -81,6 +81,9 @@ pub enum Command {
     /// The fleet-wide migration stream of the cell databases.
     #[command(subcommand)]
     Migration(MigrationCommand),
+    /// Releases: register them and deploy them to cells.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
     /// Manage API tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -207,6 +210,22 @@ pub enum MigrationCommand {
     },
     /// The stream, in version order.
     List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCommand {
+    /// Register a release from a `kind: Release` manifest.
+    Create {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    List,
+    /// Move cells to a release (every cell unless --cell is given).
+    Deploy {
+        version: String,
+        #[arg(long = "cell")]
+        cells: Vec<CellName>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -346,6 +365,41 @@ async fn operate(client: &Client, format: Format, command: Command) -> anyhow::R
         Command::Migration(MigrationCommand::List) => {
             let stream: Vec<cellfleet_api::Migration> = client.get("/v1/migrations").await?;
             show(format, &stream, |m| output::migrations(m))?
+        }
+        Command::Release(ReleaseCommand::Create { file }) => {
+            let req = cellfleet_api::CreateReleaseRequest {
+                file: read_manifest(&file)?,
+            };
+            let v: cellfleet_api::ReleaseView = client.post("/v1/releases", &req).await?;
+            show(format, &v, |v| {
+                format!(
+                    "release {} registered ({})\n",
+                    v.version, v.spec.artifact.command
+                )
+            })?
+        }
+        Command::Release(ReleaseCommand::List) => {
+            let releases: Vec<cellfleet_api::ReleaseView> = client.get("/v1/releases").await?;
+            show(format, &releases, |r| output::releases(r))?
+        }
+        Command::Release(ReleaseCommand::Deploy { version, cells }) => {
+            let changed: Vec<CellName> = client
+                .post(
+                    &format!("/v1/releases/{version}/deploy"),
+                    &cellfleet_api::DeployRequest { cells },
+                )
+                .await?;
+            show(format, &changed, |c| {
+                if c.is_empty() {
+                    format!("every cell already runs {version}\n")
+                } else {
+                    format!(
+                        "{} cell(s) moved to {version}: {}\n",
+                        c.len(),
+                        c.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
+                    )
+                }
+            })?
         }
         Command::Token(TokenCommand::Create {
             role,

@@ -374,3 +374,24 @@ pub fn migrations_added(added: &[cellfleet_api::MigrationAdded]) -> String {
         .map(|a| format!("migration V{} ({}) {}\n", a.version, a.name, a.outcome))
         .collect()
 }
+
+pub fn releases(releases: &[cellfleet_api::ReleaseView]) -> String {
+    let mut t = table(&["VERSION", "COMMAND", "MIGRATIONS", "CREATED"]);
+    for r in releases {
+        t.add_row(vec![
+            r.version.clone(),
+            std::iter::once(r.spec.artifact.command.clone())
+                .chain(r.spec.artifact.args.iter().cloned())
+                .collect::<Vec<_>>()
+                .join(" "),
+            or_dash(
+                r.spec
+                    .migrations
+                    .as_ref()
+                    .map(|m| format!("up to V{}", m.up_to)),
+            ),
+            r.created_at.format("%Y-%m-%d %H:%M").to_string(),
+        ]);
+    }
+    t.to_string()
+}

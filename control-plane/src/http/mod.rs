@@ -10,6 +10,7 @@ mod error;
 mod extract;
 mod fleet;
 mod metrics;
+mod releases;
 mod tenants;
 
 use std::sync::Arc;
@@ -62,6 +63,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/cells", get(fleet::list_cells))
         .route("/v1/cells/{name}", get(fleet::get_cell))
         .route("/v1/cells/{name}/desired", get(agent::cell_desired))
+        .route("/v1/releases", get(releases::list).post(releases::create))
+        .route("/v1/releases/{version}/deploy", post(releases::deploy))
         .route("/v1/agent/desired", get(agent::desired))
         .route("/v1/agent/report", post(agent::report))
         .route("/v1/tenants", get(tenants::list).post(tenants::create))
@@ -108,7 +111,7 @@ where
     paths(
         admin::healthz, admin::metrics, admin::openapi,
         fleet::apply, fleet::list_regions, fleet::add_migrations, fleet::list_migrations, fleet::list_cells, fleet::get_cell, agent::cell_desired,
-        agent::desired, agent::report,
+        agent::desired, agent::report, releases::create, releases::list, releases::deploy,
         tenants::list, tenants::create, tenants::get, tenants::delete, tenants::suspend,
         tenants::resume, tenants::archive, tenants::explain, tenants::context,
         admin::create_token, admin::list_tokens, admin::revoke_token,

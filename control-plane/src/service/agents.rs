@@ -14,13 +14,15 @@
 
 use std::time::Duration;
 
-use cellfleet_api::{AgentReport, CellKind, CellName, DesiredState, DesiredTenant, Migration};
+use cellfleet_api::{
+    AgentReport, CellName, DesiredRelease, DesiredState, DesiredTenant, Migration,
+};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::{Error, Registry, Result, not_found};
 use crate::context::isolation;
-use crate::store::{self, Caller, PlacementRow, TenantRow, Tx};
+use crate::store::{self, Caller, CellRow, PlacementRow, TenantRow, Tx};
 
 /// How often a waiting agent re-reads, to see changes made through other replicas.
 const REPLICA_POLL: Duration = Duration::from_secs(2);
@@ -44,11 +46,37 @@ fn desired_tenants(rows: &[(PlacementRow, TenantRow)]) -> Vec<DesiredTenant> {
         .collect()
 }
 
+/// A cell's desired state as stored now (its generation as recorded).
+async fn desired_of(
+    conn: &mut sqlx::AnyConnection,
+    row: &CellRow,
+    migrations: Vec<Migration>,
+) -> Result<DesiredState> {
+    let tenants = desired_tenants(&store::placements_on(conn, &row.name).await?);
+    let release = match &row.desired_release {
+        Some(version) => store::get_release(conn, version)
+            .await?
+            .map(|r| DesiredRelease {
+                version: r.version,
+                artifact: r.spec.artifact,
+            }),
+        None => None,
+    };
+    Ok(DesiredState {
+        cell: row.name.clone(),
+        generation: row.desired_generation,
+        kind: row.spec.kind,
+        tenants,
+        migrations,
+        release,
+        endpoint: row.spec.endpoint.clone(),
+    })
+}
+
 /// The hash of everything a generation versions (the document without its generation).
-fn content_hash(kind: CellKind, tenants: &[DesiredTenant], migrations: &[Migration]) -> String {
-    hex::encode(Sha256::digest(
-        store::canonical(&(kind, tenants, migrations)).as_bytes(),
-    ))
+fn content_hash(d: &DesiredState) -> String {
+    let content = (d.kind, &d.tenants, &d.migrations, &d.release, &d.endpoint);
+    hex::encode(Sha256::digest(store::canonical(&content).as_bytes()))
 }
 
 impl Registry {
@@ -66,8 +94,7 @@ impl Registry {
             let Some(row) = store::get_cell(tx.conn(), &cell).await? else {
                 continue;
             };
-            let rows = store::placements_on(tx.conn(), &cell).await?;
-            let hash = content_hash(row.spec.kind, &desired_tenants(&rows), &migrations);
+            let hash = content_hash(&desired_of(tx.conn(), &row, migrations.clone()).await?);
             let Some((generation, old_hash)) = store::cell_generation(tx.conn(), &cell).await?
             else {
                 continue;
@@ -90,14 +117,8 @@ impl Registry {
         let row = store::get_cell(&mut snapshot, cell)
             .await?
             .ok_or_else(|| not_found("cell", cell))?;
-        let rows = store::placements_on(&mut snapshot, cell).await?;
-        Ok(DesiredState {
-            cell: cell.clone(),
-            generation: row.desired_generation,
-            kind: row.spec.kind,
-            tenants: desired_tenants(&rows),
-            migrations: store::list_migrations(&mut snapshot).await?,
-        })
+        let migrations = store::list_migrations(&mut snapshot).await?;
+        desired_of(&mut snapshot, &row, migrations).await
     }
 
     /// Long-poll: returns the desired state as soon as its generation is above `since`, or the
@@ -192,10 +213,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_hash_covers_the_content() {
-        let empty = content_hash(CellKind::Pooled, &[], &[]);
-        assert_eq!(empty, content_hash(CellKind::Pooled, &[], &[]));
-        assert_ne!(empty, content_hash(CellKind::Dedicated, &[], &[]));
-        assert_eq!(empty.len(), 64);
+    fn the_hash_covers_the_content_but_not_the_generation() {
+        let doc = |generation, kind| DesiredState {
+            cell: CellName::new("c").unwrap_or_else(|_| unreachable!()),
+            generation,
+            kind,
+            tenants: Vec::new(),
+            migrations: Vec::new(),
+            release: None,
+            endpoint: None,
+        };
+        use cellfleet_api::CellKind::*;
+        assert_eq!(content_hash(&doc(1, Pooled)), content_hash(&doc(2, Pooled)));
+        assert_ne!(
+            content_hash(&doc(1, Pooled)),
+            content_hash(&doc(1, Dedicated))
+        );
+        let mut with_endpoint = doc(1, Pooled);
+        with_endpoint.endpoint = Some("http://127.0.0.1:9101".into());
+        assert_ne!(content_hash(&with_endpoint), content_hash(&doc(1, Pooled)));
     }
 }

@@ -7,6 +7,7 @@ mod apply;
 mod diff;
 pub mod migrations;
 mod placing;
+mod releases;
 mod tenants;
 mod tokens;
 mod views;

@@ -163,3 +163,66 @@ pub async fn cell_names(conn: &mut AnyConnection) -> Result<Vec<CellName>> {
         .map(|r| super::parse_column("cell name", &r.try_get::<String, _>("name")?))
         .collect()
 }
+
+/// One stored release.
+pub async fn get_release(
+    conn: &mut AnyConnection,
+    version: &str,
+) -> Result<Option<cellfleet_api::ReleaseView>> {
+    let row = sqlx::query("SELECT version, spec, created_at FROM releases WHERE version = $1")
+        .bind(version.to_owned())
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(release_row).transpose()
+}
+
+/// Every release, oldest first.
+pub async fn list_releases(conn: &mut AnyConnection) -> Result<Vec<cellfleet_api::ReleaseView>> {
+    let rows =
+        sqlx::query("SELECT version, spec, created_at FROM releases ORDER BY created_at, version")
+            .fetch_all(&mut *conn)
+            .await?;
+    rows.iter().map(release_row).collect()
+}
+
+fn release_row(row: &sqlx::any::AnyRow) -> Result<cellfleet_api::ReleaseView> {
+    let version: String = row.try_get("version")?;
+    Ok(cellfleet_api::ReleaseView {
+        spec: json_column(
+            &format!("release {version}"),
+            &row.try_get::<String, _>("spec")?,
+        )?,
+        version,
+        created_at: from_millis(row.try_get("created_at")?),
+    })
+}
+
+pub async fn insert_release(
+    conn: &mut AnyConnection,
+    version: &str,
+    spec: &cellfleet_api::ReleaseSpec,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    conn.execute(
+        sqlx::query("INSERT INTO releases (version, spec, created_at) VALUES ($1, $2, $3)")
+            .bind(version.to_owned())
+            .bind(super::canonical(spec))
+            .bind(millis(now)),
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn set_cell_release(
+    conn: &mut AnyConnection,
+    cell: &CellName,
+    version: &str,
+) -> Result<()> {
+    conn.execute(
+        sqlx::query("UPDATE cells SET desired_release = $1 WHERE name = $2")
+            .bind(version.to_owned())
+            .bind(cell.to_string()),
+    )
+    .await?;
+    Ok(())
+}

@@ -36,6 +36,8 @@ pub struct CellRow {
     pub load: u32,
     /// Generation of the cell's desired state.
     pub desired_generation: i64,
+    /// The release the cell should run.
+    pub desired_release: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -122,7 +124,8 @@ pub async fn upsert_region(
 // Cells
 
 const CELL_COLUMNS: &str = "SELECT c.name, c.labels, c.spec, c.state, c.created_at, c.updated_at, \
-     c.desired_generation, (SELECT COUNT(*) FROM placements p WHERE p.cell = c.name) AS load FROM cells c";
+     c.desired_generation, c.desired_release, \
+     (SELECT COUNT(*) FROM placements p WHERE p.cell = c.name) AS load FROM cells c";
 
 fn cell_row(row: &AnyRow) -> Result<CellRow> {
     let name: String = row.try_get("name")?;
@@ -139,6 +142,7 @@ fn cell_row(row: &AnyRow) -> Result<CellRow> {
         state: parse_column("cell state", &row.try_get::<String, _>("state")?)?,
         load: u32::try_from(load).unwrap_or(u32::MAX),
         desired_generation: row.try_get("desired_generation")?,
+        desired_release: row.try_get("desired_release")?,
         name: parse_column("cell name", &name)?,
         created_at: from_millis(row.try_get("created_at")?),
         updated_at: from_millis(row.try_get("updated_at")?),

@@ -1,0 +1,100 @@
+//! Releases (SPEC §2, §8): immutable application versions, and which release each cell runs.
+//!
+//! `release deploy` moves cells to a release by hand; release trains (a later issue) will move
+//! them in waves with gates. Either way the cell's desired state carries the release, so its agent
+//! deploys it.
+
+use cellfleet_api::{CellName, ManifestFile, ReleaseView};
+use serde_json::json;
+
+use super::{Error, Registry, Result, not_found};
+use crate::manifest::parse_release;
+use crate::store::{self, Caller};
+
+impl Registry {
+    /// Registers a release from its manifest. The same manifest again is a no-op; a different one
+    /// for an existing version is refused (releases are immutable: make a new version).
+    pub async fn create_release(
+        &self,
+        caller: &Caller,
+        file: &ManifestFile,
+    ) -> Result<(ReleaseView, bool)> {
+        let (version, spec) = parse_release(file)?;
+        let mut tx = self.store.begin(caller).await?;
+        if let Some(existing) = store::get_release(tx.conn(), &version).await? {
+            if existing.spec == spec {
+                return Ok((existing, false));
+            }
+            return Err(Error::Conflict(format!(
+                "release {version} exists with a different spec; releases are immutable: create a new version"
+            )));
+        }
+        if let Some(needed) = spec.migrations.as_ref().map(|m| m.up_to) {
+            let newest = store::list_migrations(tx.conn())
+                .await?
+                .last()
+                .map_or(0, |m| m.version);
+            if needed > newest {
+                return Err(Error::Invalid(format!(
+                    "release {version} needs migrations up to V{needed}, but the stream ends at V{newest}: add them first"
+                )));
+            }
+        }
+        let now = tx.now;
+        store::insert_release(tx.conn(), &version, &spec, now).await?;
+        tx.audit(
+            "release.create",
+            &format!("release/{version}"),
+            json!({ "spec": spec }),
+        )
+        .await?;
+        let view = store::get_release(tx.conn(), &version)
+            .await?
+            .ok_or_else(|| not_found("release", &version))?;
+        self.commit(tx).await?;
+        Ok((view, true))
+    }
+
+    pub async fn releases(&self) -> Result<Vec<ReleaseView>> {
+        let mut conn = self.store.read().await?;
+        Ok(store::list_releases(&mut conn).await?)
+    }
+
+    /// Sets the release `cells` (every cell when empty) should run. Returns the cells changed.
+    pub async fn deploy_release(
+        &self,
+        caller: &Caller,
+        version: &str,
+        cells: &[CellName],
+    ) -> Result<Vec<CellName>> {
+        let mut tx = self.store.begin(caller).await?;
+        if store::get_release(tx.conn(), version).await?.is_none() {
+            return Err(not_found("release", version));
+        }
+        let targets = if cells.is_empty() {
+            store::cell_names(tx.conn()).await?
+        } else {
+            cells.to_vec()
+        };
+        let mut changed = Vec::new();
+        for cell in &targets {
+            let row = store::get_cell(tx.conn(), cell)
+                .await?
+                .ok_or_else(|| not_found("cell", cell))?;
+            if row.desired_release.as_deref() == Some(version) {
+                continue;
+            }
+            store::set_cell_release(tx.conn(), cell, version).await?;
+            tx.touch(cell);
+            tx.audit(
+                "cell.release",
+                &format!("cell/{cell}"),
+                json!({ "from": row.desired_release, "to": version }),
+            )
+            .await?;
+            changed.push(cell.clone());
+        }
+        self.commit(tx).await?;
+        Ok(changed)
+    }
+}
