@@ -1,11 +1,12 @@
 //! The agent loop: long-poll the control plane for this cell's desired state, record it in the
 //! ledger, make the cell match it, report.
 //!
-//! Making the cell match, in this version: the cell database has the whole migration stream
-//! (checksums verified on every pass) and, on pooled PostgreSQL cells, row-level security on every
-//! tenant table. Running the workload comes next. The reconcile is level-triggered: it runs on
-//! every pass against the ledger's state, not only when a new generation arrives, so drift (a
-//! tampered migration, a dropped policy) is found and reported.
+//! Making the cell match: the cell database has the whole migration stream (checksums verified on
+//! every pass), pooled PostgreSQL cells have row-level security on every tenant table, and the
+//! workload runs at the desired release (see `deployer`). The reconcile is level-triggered: it
+//! runs on every pass against the ledger's state, not only when a new generation arrives, so drift
+//! (a tampered migration, a dropped policy, a crashed workload) is found, fixed where it can be,
+//! and reported.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use anyhow::Context;
 use cellfleet_api::{AgentReport, AppliedMigration, CellKind, DesiredState, ErrorBody};
 
 use crate::cell_db::CellDb;
+use crate::deployer::{Deployer, LocalProcess, WorkloadContext};
 use crate::ledger::{Accepted, Ledger};
 
 #[derive(Debug, Clone)]
@@ -110,6 +112,7 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(200);
     let mut cell_db: Option<CellDb> = None;
+    let mut deployer = LocalProcess::new(config.data_dir.join("workload.pid"));
     // The newest generation the cell was made to match, and what that left in place.
     let mut reconciled = 0;
     let mut applied = Vec::new();
@@ -120,16 +123,20 @@ pub async fn run(
         let step = async {
             // The first poll returns at once, so a restarted agent re-attaches without waiting.
             let since = if first { 0 } else { ledger.generation() };
-            let desired = cp.desired(since, config.poll).await?;
+            // Wake for a new desired state, or at once when the workload exits.
+            let desired = tokio::select! {
+                d = cp.desired(since, config.poll) => Some(d?),
+                () = deployer.exited() => None,
+            };
             first = false;
             let mut errors = Vec::new();
-            match ledger.accept(&desired) {
+            let accepted = match &desired {
+                Some(d) => ledger.accept(d),
+                None => Ok(Accepted::Unchanged),
+            };
+            match accepted {
                 Ok(Accepted::Advanced) => {
-                    tracing::info!(
-                        generation = desired.generation,
-                        tenants = desired.tenants.len(),
-                        "desired state accepted"
-                    );
+                    tracing::info!(generation = ledger.generation(), "desired state accepted");
                 }
                 Ok(Accepted::Unchanged) => {}
                 Err(e) => {
@@ -138,7 +145,7 @@ pub async fn run(
                 }
             }
             if let Some(state) = ledger.state() {
-                match reconcile(&config, &mut cell_db, state).await {
+                match reconcile(&config, &mut cell_db, &mut deployer, state).await {
                     Ok((now_applied, now_drift)) => {
                         reconciled = state.generation;
                         applied = now_applied;
@@ -152,6 +159,7 @@ pub async fn run(
             }
             let report = AgentReport {
                 observed_generation: reconciled,
+                release: deployer.running().map(str::to_owned),
                 migrations: applied.clone(),
                 isolation_drift: drift.clone(),
                 errors,
@@ -194,11 +202,13 @@ pub async fn run(
     }
 }
 
-/// Makes the cell match `state`: migrations, then (pooled PostgreSQL cells) row-level security.
-/// Returns the applied migrations and the isolation drift, or the one-line reason it stopped.
+/// Makes the cell match `state`: migrations, then (pooled PostgreSQL cells) row-level security,
+/// then the workload at the desired release. Returns the applied migrations and the isolation
+/// drift, or the one-line reason it stopped.
 async fn reconcile(
     config: &Config,
     cell_db: &mut Option<CellDb>,
+    deployer: &mut impl Deployer,
     state: &DesiredState,
 ) -> Result<(Vec<AppliedMigration>, Vec<String>), String> {
     if cell_db.is_none() {
@@ -219,5 +229,17 @@ async fn reconcile(
         CellKind::Pooled => db.enforce_rls().await.map_err(|e| e.to_string())?,
         CellKind::Dedicated => Vec::new(),
     };
+    // Expand migrations run before the new code: the release starts only on a migrated database.
+    if let Some(release) = &state.release {
+        let endpoint = state
+            .endpoint
+            .clone()
+            .ok_or_else(|| "the cell has no endpoint to run its workload on".to_owned())?;
+        let ctx = WorkloadContext {
+            endpoint,
+            database_url: config.database_url.clone(),
+        };
+        deployer.ensure(release, &ctx).await?;
+    }
     Ok((applied, drift))
 }

@@ -3,6 +3,7 @@
 
 mod agent;
 mod cell_db;
+mod deployer;
 mod ledger;
 
 use std::path::PathBuf;
@@ -32,6 +33,22 @@ struct Args {
     /// Longest wait of one long-poll.
     #[arg(long, env = "CELL_AGENT_POLL", default_value = "30s", value_parser = humantime::parse_duration)]
     poll: Duration,
+}
+
+/// Ctrl-C or SIGTERM: the agent stops its workload and exits.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = term => {},
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -65,9 +82,7 @@ fn main() -> std::process::ExitCode {
             data_dir: args.data_dir.clone(),
             poll: args.poll,
         };
-        tokio::runtime::Runtime::new()?.block_on(agent::run(config, async {
-            let _ = tokio::signal::ctrl_c().await;
-        }))
+        tokio::runtime::Runtime::new()?.block_on(agent::run(config, shutdown_signal()))
     })();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

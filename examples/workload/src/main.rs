@@ -322,7 +322,7 @@ fn app(state: AppState) -> Router {
         .route(
             "/version",
             get(|State(s): State<AppState>| async move {
-                Json(serde_json::json!({ "release": s.release }))
+                Json(serde_json::json!({ "release": s.release, "pid": std::process::id() }))
             }),
         )
         .route("/metrics", get(metrics))
