@@ -186,6 +186,21 @@ pub struct AppliedMigration {
 pub struct Health {
     pub window_seconds: u32,
     pub requests: u64,
+    /// Requests answered with a 5xx status.
+    pub errors: u64,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    /// The tenants with the most requests in the window (at most 5), busiest first.
+    #[serde(default)]
+    pub busiest: Vec<TenantHealth>,
+}
+
+/// One tenant's share of a cell's health.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantHealth {
+    pub tenant: String,
+    pub requests: u64,
     pub errors: u64,
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,

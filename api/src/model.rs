@@ -275,6 +275,8 @@ pub struct CellView {
     pub errors: Vec<String>,
     /// Tables the agent found that row-level security cannot scope (no `tenant_id`).
     pub isolation_drift: Vec<String>,
+    /// The workload's health over the agent's window, as last reported.
+    pub health: Option<crate::agent::Health>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -16,6 +16,13 @@ use cellfleet_api::{AgentReport, AppliedMigration, CellKind, DesiredState, Error
 
 use crate::cell_db::CellDb;
 use crate::deployer::{Deployer, LocalProcess, WorkloadContext};
+use crate::health::Window;
+
+/// Health is computed over this window of scrapes.
+const HEALTH_WINDOW: Duration = Duration::from_secs(60);
+
+/// The agent reports (and scrapes the workload) at least this often, even with nothing new.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 use crate::ledger::{Accepted, Ledger};
 
 #[derive(Debug, Clone)]
@@ -113,6 +120,10 @@ pub async fn run(
     let mut backoff = Duration::from_millis(200);
     let mut cell_db: Option<CellDb> = None;
     let mut deployer = LocalProcess::new(config.data_dir.join("workload.pid"));
+    let mut window = Window::new(HEALTH_WINDOW);
+    let scraper = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
     // The newest generation the cell was made to match, and what that left in place.
     let mut reconciled = 0;
     let mut applied = Vec::new();
@@ -125,7 +136,7 @@ pub async fn run(
             let since = if first { 0 } else { ledger.generation() };
             // Wake for a new desired state, or at once when the workload exits.
             let desired = tokio::select! {
-                d = cp.desired(since, config.poll) => Some(d?),
+                d = cp.desired(since, config.poll.min(REPORT_EVERY)) => Some(d?),
                 () = deployer.exited() => None,
             };
             first = false;
@@ -157,8 +168,27 @@ pub async fn run(
                     }
                 }
             }
+            // Health: scrape the running workload; a failed scrape is a gap, not zero traffic.
+            if deployer.running().is_some()
+                && let Some(endpoint) = ledger.state().and_then(|s| s.endpoint.clone())
+            {
+                let url = format!("{}/metrics", endpoint.trim_end_matches('/'));
+                match scraper
+                    .get(&url)
+                    .send()
+                    .await
+                    .and_then(reqwest::Response::error_for_status)
+                {
+                    Ok(resp) => window.push(
+                        std::time::Instant::now(),
+                        crate::health::parse(&resp.text().await.unwrap_or_default()),
+                    ),
+                    Err(e) => tracing::warn!(error = %e, %url, "cannot scrape the workload"),
+                }
+            }
             let report = AgentReport {
                 observed_generation: reconciled,
+                health: window.health(),
                 release: deployer.running().map(str::to_owned),
                 migrations: applied.clone(),
                 isolation_drift: drift.clone(),

@@ -4,6 +4,7 @@
 mod agent;
 mod cell_db;
 mod deployer;
+mod health;
 mod ledger;
 
 use std::path::PathBuf;

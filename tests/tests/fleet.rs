@@ -188,6 +188,28 @@ async fn a_local_fleet_serves_tenants_and_survives_crashes_and_bad_releases() {
         "acme's data lives only in its cell"
     );
 
+    // The agent reports the traffic it scraped from the workload, per tenant.
+    for _ in 0..5 {
+        let _ = http_call(
+            &endpoint_of(&acme_cell),
+            "GET",
+            "/v1/notes",
+            &[("X-Tenant-Id", "acme")],
+            "",
+        );
+    }
+    eventually(
+        Duration::from_secs(60),
+        "health reaches the control plane",
+        || {
+            let v = run(&["cell", "get", &acme_cell, "-o", "json"]).json();
+            let h = &v["health"];
+            h["requests"].as_u64().unwrap_or(0) >= 5
+                && h["busiest"][0]["tenant"] == "acme"
+                && h["latencyP99Ms"].as_f64().is_some()
+        },
+    );
+
     // The workload crashes: the agent starts it again.
     let (_, pid) = version(&endpoints[0]).unwrap_or_default();
     assert!(pid > 0);

@@ -25,6 +25,7 @@ pub fn cell_view(c: CellRow, report: Option<&CellReport>) -> CellView {
         isolation_drift: report
             .map(|r| r.report.isolation_drift.clone())
             .unwrap_or_default(),
+        health: report.and_then(|r| r.report.health.clone()),
         capacity: c.spec.effective_capacity(),
         template: c.spec.effective_template(),
         region: c.spec.region,
