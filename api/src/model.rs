@@ -277,6 +277,9 @@ pub struct CellView {
     pub isolation_drift: Vec<String>,
     /// The workload's health over the agent's window, as last reported.
     pub health: Option<crate::agent::Health>,
+    /// Rows per tenant in the cell database, as last reported.
+    #[schema(value_type = Object)]
+    pub tenant_rows: BTreeMap<String, i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

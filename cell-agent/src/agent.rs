@@ -186,14 +186,21 @@ pub async fn run(
                     Err(e) => tracing::warn!(error = %e, %url, "cannot scrape the workload"),
                 }
             }
+            let tenant_rows = match &cell_db {
+                Some(db) => db.tenant_rows().await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot count tenant rows");
+                    Default::default()
+                }),
+                None => Default::default(),
+            };
             let report = AgentReport {
                 observed_generation: reconciled,
+                tenant_rows,
                 health: window.health(),
                 release: deployer.running().map(str::to_owned),
                 migrations: applied.clone(),
                 isolation_drift: drift.clone(),
                 errors,
-                ..AgentReport::default()
             };
             // Every pass reports (a heartbeat); changes are logged.
             cp.report(&report).await?;

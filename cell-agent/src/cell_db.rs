@@ -178,6 +178,44 @@ impl CellDb {
         Ok(())
     }
 
+    /// Rows per tenant over every table with a `tenant_id` column (the tenant's data in this cell).
+    /// On PostgreSQL the agent connects as the owner, which RLS does not restrict.
+    pub async fn tenant_rows(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, i64>, CellDbError> {
+        let tables_sql = match self.backend {
+            Backend::Postgres => {
+                "SELECT c.relname::text AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = current_schema() AND c.relkind = 'r' AND EXISTS \
+                 (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped)"
+            }
+            Backend::Sqlite => {
+                "SELECT m.name AS name FROM sqlite_master m WHERE m.type = 'table' AND EXISTS \
+                 (SELECT 1 FROM pragma_table_info(m.name) p WHERE p.name = 'tenant_id')"
+            }
+        };
+        let tables: Vec<String> = sqlx::query(tables_sql)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get("name"))
+            .collect::<Result<_, _>>()?;
+        let mut rows = std::collections::BTreeMap::new();
+        for table in tables {
+            let quoted = format!("\"{}\"", table.replace('"', "\"\""));
+            let counts = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT CAST(tenant_id AS TEXT) AS tenant, COUNT(*) AS n FROM {quoted} GROUP BY tenant_id"
+            )))
+            .fetch_all(&self.pool)
+            .await?;
+            for r in counts {
+                *rows.entry(r.try_get::<String, _>("tenant")?).or_default() +=
+                    r.try_get::<i64, _>("n")?;
+            }
+        }
+        Ok(rows)
+    }
+
     /// Pooled cells on PostgreSQL: every table with a `tenant_id` column gets row-level security
     /// (enabled and forced) with the `tenant_isolation` policy on `current_setting('app.tenant_id')`.
     /// Returns the tables without `tenant_id` (isolation drift: RLS cannot scope them).

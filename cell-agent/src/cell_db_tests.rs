@@ -52,8 +52,18 @@ async fn migrations_run_once_in_order(db: Db) {
     assert_eq!(applied[0].checksum, s[0].checksum);
     assert_eq!(a.migrate(&s).await.unwrap(), applied, "idempotent");
 
-    // A recorded checksum that differs from the stream stops the reconcile, naming the migration.
+    // Rows per tenant, over every tenant table.
     let mut raw = test_db.raw().await;
+    raw.execute("INSERT INTO notes (id, tenant_id, body) VALUES (1, 'acme', 'x'), (2, 'acme', 'y'), (3, 'globex', 'z')")
+        .await
+        .unwrap();
+    let rows = a.tenant_rows().await.unwrap();
+    assert_eq!(
+        rows.into_iter().collect::<Vec<_>>(),
+        [("acme".to_owned(), 2), ("globex".to_owned(), 1)]
+    );
+
+    // A recorded checksum that differs from the stream stops the reconcile, naming the migration.
     raw.execute("UPDATE cellfleet_migrations SET checksum = 'tampered' WHERE version = 2")
         .await
         .unwrap();

@@ -26,6 +26,9 @@ pub fn cell_view(c: CellRow, report: Option<&CellReport>) -> CellView {
             .map(|r| r.report.isolation_drift.clone())
             .unwrap_or_default(),
         health: report.and_then(|r| r.report.health.clone()),
+        tenant_rows: report
+            .map(|r| r.report.tenant_rows.clone())
+            .unwrap_or_default(),
         capacity: c.spec.effective_capacity(),
         template: c.spec.effective_template(),
         region: c.spec.region,
