@@ -200,11 +200,12 @@ async fn a_local_fleet_serves_tenants_and_survives_crashes_and_bad_releases() {
     }
     eventually(
         Duration::from_secs(60),
-        "health reaches the control plane",
+        "row counts and health reach the control plane",
         || {
             let v = run(&["cell", "get", &acme_cell, "-o", "json"]).json();
             let h = &v["health"];
-            h["requests"].as_u64().unwrap_or(0) >= 5
+            v["tenantRows"]["acme"] == 1
+                && h["requests"].as_u64().unwrap_or(0) >= 5
                 && h["busiest"][0]["tenant"] == "acme"
                 && h["latencyP99Ms"].as_f64().is_some()
         },
