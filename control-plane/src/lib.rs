@@ -14,6 +14,7 @@ pub mod cli;
 pub mod context;
 pub mod http;
 pub mod lifecycle;
+pub mod local;
 pub mod manifest;
 pub mod placement;
 pub mod server;

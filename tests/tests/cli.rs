@@ -6,7 +6,9 @@
 
 use std::path::Path;
 
-use cellfleet_e2e::{Db, ServerProcess, TestDb, cli, cli_with, http_get};
+use std::time::Duration;
+
+use cellfleet_e2e::{Db, ServerProcess, TestDb, cli, cli_with, eventually, http_call, http_get};
 use sqlx::Executor;
 
 const FLEET: &str = r#"
@@ -315,7 +317,61 @@ fn up_brings_up_the_sample_fleet_and_resumes_it() {
         .find(|c| c["name"] == "euw1-ded-1")
         .unwrap();
     assert_eq!(ded["load"], 1, "initech got the dedicated cell");
+
+    // Every cell runs locally: its agent applied the migrations and runs release 1.0.0.
+    let fleet_converged = |url: &str| {
+        let cells = cli(url, &token_file, &["cell", "list", "-o", "json"]).json();
+        let cells = cells.as_array().cloned().unwrap_or_default();
+        cells.len() == 7
+            && cells.iter().all(|c| {
+                c["release"] == "1.0.0"
+                    && c["migrationVersion"] == 2
+                    && c["observedGeneration"] == c["desiredGeneration"]
+                    && c["errors"].as_array().is_some_and(Vec::is_empty)
+            })
+    };
+    eventually(
+        Duration::from_secs(120),
+        "the local fleet converges",
+        || fleet_converged(&server.url),
+    );
+    // A request for a sample tenant is served by the workload of its cell.
+    let acme_cell = cli(
+        &server.url,
+        &token_file,
+        &["tenant", "get", "acme", "-o", "json"],
+    )
+    .json()["placements"][0]["cell"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let endpoint = cells
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == acme_cell.as_str())
+        .unwrap()["endpoint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        banner.contains(&format!("{endpoint}/v1/notes")),
+        "the banner shows how to reach acme: {banner}"
+    );
+    let (status, _) = http_call(
+        &endpoint,
+        "POST",
+        "/v1/notes",
+        &[("X-Tenant-Id", "acme")],
+        r#"{"body":"hello"}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 201);
     server.stop();
+    assert!(
+        http_get(&endpoint, "/healthz", None).is_err(),
+        "stopping up stops the fleet"
+    );
 
     // Again on the same folder: the same registry, nothing new.
     let server = ServerProcess::start(&args, "Ctrl-C stops it");
@@ -326,6 +382,25 @@ fn up_brings_up_the_sample_fleet_and_resumes_it() {
     );
     let again = cli(&server.url, &token_file, &["tenant", "list", "-o", "json"]).json();
     assert_eq!(again, tenants);
+    eventually(
+        Duration::from_secs(120),
+        "the resumed fleet converges",
+        || fleet_converged(&server.url),
+    );
+    let (_, notes) = http_call(
+        &endpoint,
+        "GET",
+        "/v1/notes",
+        &[("X-Tenant-Id", "acme")],
+        "",
+    )
+    .unwrap();
+    let notes: serde_json::Value = serde_json::from_str(&notes).unwrap();
+    assert_eq!(
+        notes.as_array().map(Vec::len),
+        Some(1),
+        "acme's data survived the restart"
+    );
     let verify = cli(&server.url, &token_file, &["audit", "verify"]);
     assert!(
         verify.ok().starts_with("audit log intact"),

@@ -22,6 +22,7 @@ use crate::store::{self, Store, StoreError};
 
 pub use agents::MAX_WAIT;
 pub use tokens::Bootstrap;
+pub(crate) use tokens::write_secret_file;
 
 /// Errors of registry operations; the HTTP layer maps each to a status and a stable code.
 #[derive(Debug, thiserror::Error)]

@@ -149,7 +149,7 @@ async fn insert_token(tx: &mut Tx, req: &CreateTokenRequest) -> Result<TokenCrea
 }
 
 /// Writes a secret to a new file readable only by its owner.
-fn write_secret_file(path: &Path, secret: &str) -> Result<()> {
+pub(crate) fn write_secret_file(path: &Path, secret: &str) -> Result<()> {
     let io = |e: std::io::Error| {
         Error::Io(format!(
             "cannot write the admin token to {}: {e}",
