@@ -7,8 +7,9 @@ fn main() -> std::process::ExitCode {
     let cli = cellfleet::cli::Cli::parse();
     // Logs go to stderr so `-o json` output on stdout stays clean; the server logs at info, the
     // CLI only warnings unless RUST_LOG says otherwise.
+    // `up` keeps the terminal for its banner: request logs stay in RUST_LOG's hands there.
     let default = match cli.command {
-        cellfleet::cli::Command::Serve(_) | cellfleet::cli::Command::Up(_) => "info,sqlx=warn",
+        cellfleet::cli::Command::Serve(_) => "info,sqlx=warn",
         _ => "warn",
     };
     tracing_subscriber::fmt()

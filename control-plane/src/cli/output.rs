@@ -44,6 +44,7 @@ pub fn cells(cells: &[CellView]) -> String {
         "GENERATION",
         "RELEASE",
         "MIGRATION",
+        "HEALTH",
         "REPORTED",
         "LABELS",
     ]);
@@ -71,6 +72,7 @@ pub fn cells(cells: &[CellView]) -> String {
             generation,
             or_dash(c.release.as_ref()),
             or_dash(c.migration_version),
+            or_dash(c.health.as_ref().map(health_summary)),
             or_dash(age),
             if labels.is_empty() {
                 "-".to_owned()
@@ -394,4 +396,16 @@ pub fn releases(releases: &[cellfleet_api::ReleaseView]) -> String {
         ]);
     }
     t.to_string()
+}
+
+/// `120 req, 2 err, p99 4.1ms` over the agent's window.
+fn health_summary(h: &cellfleet_api::Health) -> String {
+    let p99 = h
+        .latency_p99_ms
+        .map(|p| format!(", p99 {p:.1}ms"))
+        .unwrap_or_default();
+    format!(
+        "{} req, {} err{p99} /{}s",
+        h.requests, h.errors, h.window_seconds
+    )
 }
