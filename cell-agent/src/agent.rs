@@ -31,8 +31,11 @@ pub struct Config {
     pub token: String,
     pub cell: String,
     pub data_dir: PathBuf,
-    /// The cell database (`sqlite://…` or `postgres://…`).
+    /// The cell database (`sqlite://…` or `postgres://…`), as the agent (its owner) uses it.
     pub database_url: String,
+    /// The same database as the workload connects to it (on PostgreSQL: a role without
+    /// BYPASSRLS, so row-level security applies).
+    pub workload_database_url: String,
     /// How long each long-poll may wait.
     pub poll: Duration,
 }
@@ -274,7 +277,7 @@ async fn reconcile(
             .ok_or_else(|| "the cell has no endpoint to run its workload on".to_owned())?;
         let ctx = WorkloadContext {
             endpoint,
-            database_url: config.database_url.clone(),
+            database_url: config.workload_database_url.clone(),
         };
         deployer.ensure(release, &ctx).await?;
     }

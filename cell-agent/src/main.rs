@@ -31,6 +31,10 @@ struct Args {
     /// The cell database [default: sqlite://DATA_DIR/cell.db].
     #[arg(long, env = "CELL_AGENT_DATABASE_URL")]
     database_url: Option<String>,
+    /// The database URL the workload gets [default: the agent's]. On PostgreSQL, give the
+    /// workload a role without BYPASSRLS so row-level security applies to it.
+    #[arg(long, env = "CELL_AGENT_WORKLOAD_DATABASE_URL")]
+    workload_database_url: Option<String>,
     /// Longest wait of one long-poll.
     #[arg(long, env = "CELL_AGENT_POLL", default_value = "30s", value_parser = humantime::parse_duration)]
     poll: Duration,
@@ -72,14 +76,19 @@ fn main() -> std::process::ExitCode {
             "token file {} is empty",
             args.token_file.display()
         );
+        let database_url = args
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", args.data_dir.join("cell.db").display()));
         let config = agent::Config {
+            workload_database_url: args
+                .workload_database_url
+                .clone()
+                .unwrap_or_else(|| database_url.clone()),
             control_plane: args.control_plane.clone(),
             token,
             cell: args.cell.clone(),
-            database_url: args
-                .database_url
-                .clone()
-                .unwrap_or_else(|| format!("sqlite://{}", args.data_dir.join("cell.db").display())),
+            database_url,
             data_dir: args.data_dir.clone(),
             poll: args.poll,
         };

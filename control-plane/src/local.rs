@@ -1,4 +1,5 @@
-//! The `local` provider: a cell is a directory on this machine with its own database, an agent
+//! The `local` provider: a cell is a directory on this machine with its own database (a SQLite
+//! file, or a database on a PostgreSQL server with an application role for the workload), an agent
 //! token, and a `cell-agent` process (which runs the cell's workload). Used by `cellfleet up`.
 //!
 //! Provisioning is idempotent: an existing directory and token are reused, so a second `up` on the
@@ -26,6 +27,100 @@ pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Where local cells keep their databases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CellDatabases {
+    /// A SQLite file in each cell's directory (the default).
+    Sqlite,
+    /// A database per cell on this PostgreSQL server (the URL of a user that may create
+    /// databases and roles).
+    Postgres { admin_url: String },
+}
+
+/// A provisioned cell database: how the agent (its owner) and the workload connect to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CellDatabase {
+    pub agent_url: String,
+    pub workload_url: String,
+}
+
+/// Creates (idempotently) `cell`'s database. On PostgreSQL: database `cf_cell_{cell}` owned by
+/// the admin user (who runs the migrations), and role `cf_cell_{cell}_app` — LOGIN, NOSUPERUSER,
+/// NOBYPASSRLS — that the workload connects as, with read/write on every table migrations create
+/// (default privileges), so row-level security applies to it.
+pub async fn provision_database(
+    dbs: &CellDatabases,
+    cell: &CellName,
+    dir: &Path,
+) -> anyhow::Result<CellDatabase> {
+    use sqlx::{Connection, Executor};
+    match dbs {
+        CellDatabases::Sqlite => {
+            let url = format!("sqlite://{}", dir.join("cell.db").display());
+            Ok(CellDatabase {
+                agent_url: url.clone(),
+                workload_url: url,
+            })
+        }
+        CellDatabases::Postgres { admin_url } => {
+            let db = format!("cf_cell_{}", cell.as_str().replace('-', "_"));
+            let role = format!("{db}_app");
+            let mut admin = sqlx::PgConnection::connect(admin_url)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot connect to the cell database server {}",
+                        crate::server::redact(admin_url)
+                    )
+                })?;
+            let exists: Option<i32> =
+                sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+                    .bind(&db)
+                    .fetch_optional(&mut admin)
+                    .await?;
+            if exists.is_none() {
+                // Names are built from a validated DNS label: lowercase letters, digits, '_'.
+                admin
+                    .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+                    .await?;
+            }
+            let role_exists: Option<i32> =
+                sqlx::query_scalar("SELECT 1 FROM pg_roles WHERE rolname = $1")
+                    .bind(&role)
+                    .fetch_optional(&mut admin)
+                    .await?;
+            if role_exists.is_none() {
+                admin
+                    .execute(sqlx::AssertSqlSafe(format!(
+                        "CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS"
+                    )))
+                    .await?;
+            }
+            let mut agent_url = reqwest::Url::parse(admin_url)?;
+            agent_url.set_path(&db);
+            let mut cell_conn = sqlx::PgConnection::connect(agent_url.as_str()).await?;
+            for sql in [
+                format!("GRANT USAGE ON SCHEMA public TO {role}"),
+                format!(
+                    "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"
+                ),
+                format!(
+                    "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {role}"
+                ),
+            ] {
+                cell_conn.execute(sqlx::AssertSqlSafe(sql)).await?;
+            }
+            let mut workload_url = agent_url.clone();
+            let _ = workload_url.set_username(&role);
+            let _ = workload_url.set_password(None);
+            Ok(CellDatabase {
+                agent_url: agent_url.to_string(),
+                workload_url: workload_url.to_string(),
+            })
+        }
+    }
+}
+
 #[derive(Debug)]
 struct LocalCell {
     name: CellName,
@@ -39,12 +134,13 @@ pub struct LocalFleet {
 }
 
 impl LocalFleet {
-    /// Provisions every registered cell under `root/cells/` (directory, agent token) and starts
-    /// its agent against `control_plane`.
+    /// Provisions every registered cell under `root/cells/` (directory, database, agent token)
+    /// and starts its agent against `control_plane`.
     pub async fn start(
         registry: &Registry,
         control_plane: &str,
         root: &Path,
+        databases: &CellDatabases,
     ) -> anyhow::Result<LocalFleet> {
         let agent_bin = sibling_binary("cell-agent")?;
         sibling_binary("notes-workload")?;
@@ -76,6 +172,7 @@ impl LocalFleet {
                     .await?;
                 write_secret_file(&token_file, &created.token)?;
             }
+            let database = provision_database(databases, &cell.name, &dir).await?;
             let log = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -86,6 +183,8 @@ impl LocalFleet {
                 .env("CELL_AGENT_TOKEN_FILE", &token_file)
                 .env("CELL_AGENT_CELL", cell.name.as_str())
                 .env("CELL_AGENT_DATA_DIR", &dir)
+                .env("CELL_AGENT_DATABASE_URL", &database.agent_url)
+                .env("CELL_AGENT_WORKLOAD_DATABASE_URL", &database.workload_url)
                 .env("PATH", &path)
                 .stdout(log.try_clone()?)
                 .stderr(log)

@@ -323,7 +323,19 @@ impl AgentProcess {
         cell: &str,
         data_dir: &Path,
     ) -> AgentProcess {
+        Self::start_with_env(control_plane, token_file, cell, data_dir, &[])
+    }
+
+    /// Starts an agent with extra environment (e.g. `CELL_AGENT_DATABASE_URL`).
+    pub fn start_with_env(
+        control_plane: &str,
+        token_file: &Path,
+        cell: &str,
+        data_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> AgentProcess {
         let child = Command::new(cell_agent_bin())
+            .envs(env.iter().copied())
             .args([
                 "--control-plane",
                 control_plane,

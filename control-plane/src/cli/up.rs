@@ -11,7 +11,7 @@ use cellfleet_api::{CellName, ManifestFile, MigrationFile, Role};
 use clap::Args;
 
 use crate::http::DEFAULT_MAX_BODY_BYTES;
-use crate::local::LocalFleet;
+use crate::local::{CellDatabases, LocalFleet};
 use crate::server::{Server, ServerConfig, shutdown_signal};
 use crate::service::Settings;
 use crate::store::Caller;
@@ -28,6 +28,10 @@ pub struct UpArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7400")]
     pub listen: String,
+    /// Give each cell a database on this PostgreSQL server (a user that may create databases and
+    /// roles) instead of a SQLite file in its directory.
+    #[arg(long, env = "CELLFLEET_CELL_DATABASE_URL")]
+    pub cell_database_url: Option<String>,
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
@@ -40,7 +44,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let token_file = dir.join("admin.token");
     let server = Server::start(ServerConfig {
         database_url: format!("sqlite://{}", dir.join("cellfleet.db").display()),
-        listen: args.listen,
+        listen: args.listen.clone(),
         admin_token_file: Some(token_file.clone()),
         settings: Settings::default(),
         max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -97,7 +101,13 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let serving = tokio::spawn(server.serve(async {
         let _ = stopped.await;
     }));
-    let fleet = match LocalFleet::start(&registry, &url, &dir).await {
+    let databases = match &args.cell_database_url {
+        Some(admin_url) => CellDatabases::Postgres {
+            admin_url: admin_url.clone(),
+        },
+        None => CellDatabases::Sqlite,
+    };
+    let fleet = match LocalFleet::start(&registry, &url, &dir, &databases).await {
         Ok(fleet) => fleet,
         Err(e) => {
             let _ = stop_server.send(());
