@@ -387,15 +387,26 @@ fn up_brings_up_the_sample_fleet_and_resumes_it() {
         "the resumed fleet converges",
         || fleet_converged(&server.url),
     );
-    let (_, notes) = http_call(
-        &endpoint,
-        "GET",
-        "/v1/notes",
-        &[("X-Tenant-Id", "acme")],
-        "",
-    )
-    .unwrap();
-    let notes: serde_json::Value = serde_json::from_str(&notes).unwrap();
+    // The registry still shows the last reports of the stopped agents: wait for the workload
+    // itself to serve again.
+    let mut notes = serde_json::Value::Null;
+    eventually(
+        Duration::from_secs(120),
+        "acme's cell serves again after the resume",
+        || match http_call(
+            &endpoint,
+            "GET",
+            "/v1/notes",
+            &[("X-Tenant-Id", "acme")],
+            "",
+        ) {
+            Ok((200, body)) => {
+                notes = serde_json::from_str(&body).unwrap_or_default();
+                true
+            }
+            _ => false,
+        },
+    );
     assert_eq!(
         notes.as_array().map(Vec::len),
         Some(1),
