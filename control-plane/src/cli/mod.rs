@@ -321,7 +321,9 @@ fn show<T: Serialize>(
 
 async fn operate(client: &Client, format: Format, command: Command) -> anyhow::Result<i32> {
     match command {
-        Command::Serve(_) | Command::Up(_) => unreachable!("handled by run"),
+        Command::Serve(_) | Command::Up(_) => {
+            bail!("serve and up run a server; they are not client commands")
+        }
         Command::Apply(args) => {
             let req = ApplyRequest {
                 files: read_manifests(&args.files)?,

@@ -215,7 +215,7 @@ mod tests {
     #[test]
     fn the_hash_covers_the_content_but_not_the_generation() {
         let doc = |generation, kind| DesiredState {
-            cell: CellName::new("c").unwrap_or_else(|_| unreachable!()),
+            cell: "c".parse().unwrap_or_else(|e| panic!("{e}")),
             generation,
             kind,
             tenants: Vec::new(),
