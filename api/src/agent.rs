@@ -240,3 +240,63 @@ pub struct CellReport {
     pub report: AgentReport,
     pub reported_at: DateTime<Utc>,
 }
+
+/// How an edge proxy must treat a tenant's route (SPEC §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RouteState {
+    Active,
+    /// A move is cutting over: hold requests until the new route arrives.
+    Frozen,
+    /// Refuse requests (403 with a reason).
+    Suspended,
+}
+
+/// One entry of the routing table: where `(tenant, env)` is served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteEntry {
+    pub tenant: TenantId,
+    pub env: Env,
+    pub cell: CellName,
+    /// The cell's endpoint (none if the cell declares none).
+    pub endpoint: Option<String>,
+    pub state: RouteState,
+    /// The placement's generation: a router never goes back to an older one.
+    pub generation: Generation,
+    /// The tenant's request-rate quota, enforced at the edge.
+    pub requests_per_second: Option<u32>,
+    /// The table version at which this entry last changed.
+    pub version: i64,
+}
+
+/// The whole routing table at one version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutesSnapshot {
+    pub version: i64,
+    pub entries: Vec<RouteEntry>,
+}
+
+/// One change of the routing table: the entry as of `version`, or its removal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteChange {
+    pub version: i64,
+    pub tenant: TenantId,
+    pub env: Env,
+    /// `None`: the route was removed (tenant archived or deleted).
+    pub entry: Option<RouteEntry>,
+}
+
+/// The answer to a watch: the changes after `since`, or — when `since` is older than the change
+/// log keeps — a full snapshot to start over from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutesWatch {
+    /// The table version the answer brings the client to.
+    pub version: i64,
+    pub changes: Vec<RouteChange>,
+    /// Set instead of `changes` when the client must re-snapshot.
+    pub snapshot: Option<RoutesSnapshot>,
+}

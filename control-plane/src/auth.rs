@@ -27,10 +27,12 @@ pub enum Action {
     ManageTokens,
     /// A cell agent reading its own cell's desired state and reporting (agent tokens only).
     AgentSync,
+    /// Read the routing table (edge proxies, and every reader).
+    ReadRoutes,
 }
 
 impl Action {
-    pub const ALL: [Action; 7] = [
+    pub const ALL: [Action; 8] = [
         Action::ReadFleet,
         Action::ReadAudit,
         Action::ReadMetadata,
@@ -38,6 +40,7 @@ impl Action {
         Action::ManageTenants,
         Action::ManageTokens,
         Action::AgentSync,
+        Action::ReadRoutes,
     ];
 
     pub fn describe(self) -> &'static str {
@@ -49,6 +52,7 @@ impl Action {
             Action::ManageTenants => "change tenants",
             Action::ManageTokens => "manage API tokens",
             Action::AgentSync => "use the cell agent routes",
+            Action::ReadRoutes => "read the routing table",
         }
     }
 }
@@ -61,13 +65,15 @@ pub fn allows(role: Role, action: Action) -> bool {
         Role::Admin => action != AgentSync,
         Role::Sre => matches!(
             action,
-            ReadFleet | ReadAudit | ReadMetadata | ManageInfrastructure
+            ReadFleet | ReadAudit | ReadMetadata | ReadRoutes | ManageInfrastructure
         ),
-        Role::Operator => matches!(action, ReadFleet | ReadAudit | ReadMetadata | ManageTenants),
-        Role::Viewer => matches!(action, ReadFleet | ReadAudit | ReadMetadata),
+        Role::Operator => matches!(
+            action,
+            ReadFleet | ReadAudit | ReadMetadata | ReadRoutes | ManageTenants
+        ),
+        Role::Viewer => matches!(action, ReadFleet | ReadAudit | ReadMetadata | ReadRoutes),
         Role::Agent => action == AgentSync,
-        // Edge proxies read routes (the routing routes check the role themselves).
-        Role::Edge => false,
+        Role::Edge => action == ReadRoutes,
     }
 }
 
@@ -132,7 +138,9 @@ mod tests {
             assert_eq!(allows(*role, Action::ManageTokens), *role == Role::Admin);
             assert_eq!(allows(*role, Action::AgentSync), *role == Role::Agent);
             if matches!(role, Role::Edge | Role::Agent) {
-                let operator_actions = Action::ALL.iter().filter(|a| **a != Action::AgentSync);
+                let operator_actions = Action::ALL
+                    .iter()
+                    .filter(|a| !matches!(a, Action::AgentSync | Action::ReadRoutes));
                 assert!(operator_actions.clone().all(|a| !allows(*role, *a)));
             }
         }

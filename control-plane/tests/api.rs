@@ -109,6 +109,7 @@ fn manifest(kind_doc: &str) -> Value {
 fn routes() -> Vec<(&'static str, &'static str, Option<Value>, &'static [Role])> {
     use Role::*;
     const READERS: &[Role] = &[Admin, Sre, Operator, Viewer];
+    const ROUTE_READERS: &[Role] = &[Admin, Sre, Operator, Viewer, Edge];
     let tenant = json!({ "id": "newco", "spec": { "displayName": "New", "profile": "mt-standard", "residency": { "jurisdiction": "us" } } });
     vec![
         ("GET", "/metrics", None, READERS),
@@ -168,6 +169,9 @@ fn routes() -> Vec<(&'static str, &'static str, Option<Value>, &'static [Role])>
             &[Admin, Operator],
         ),
         ("DELETE", "/v1/tenants/globex", None, &[Admin, Operator]),
+        ("GET", "/v1/routes", None, ROUTE_READERS),
+        ("GET", "/v1/routes/watch?timeout=0s", None, ROUTE_READERS),
+        ("GET", "/v1/routes/acme?env=prod", None, ROUTE_READERS),
         ("GET", "/v1/releases", None, READERS),
         (
             "POST",
@@ -468,6 +472,7 @@ async fn checked_in_openapi_matches_the_code() {
         let p = route_path.split('?').next().unwrap();
         let templated = p
             .replace("/1.0.0", "/{version}")
+            .replace("/routes/acme", "/routes/{tenant}")
             .replace("/acme", "/{id}")
             .replace("/globex", "/{id}")
             .replace("/euw1-pool-1", "/{name}")

@@ -1,7 +1,7 @@
 //! The control plane's HTTP API.
 //!
-//! Routes are grouped by caller: `/v1/…` for operators and SREs, `/v1/agent/…` for cell agents
-//! (and later `/v1/routes/…` for edge proxies), plus `/healthz`, `/metrics` and `/openapi.json`. Every route but `/healthz` needs a bearer token; each handler is thin:
+//! Routes are grouped by caller: `/v1/…` for operators and SREs, `/v1/agent/…` for cell agents,
+//! `/v1/routes…` for edge proxies, plus `/healthz`, `/metrics` and `/openapi.json`. Every route but `/healthz` needs a bearer token; each handler is thin:
 //! authorize (the role matrix in [`crate::auth`]) → parse → call the service → respond.
 
 mod admin;
@@ -11,6 +11,7 @@ mod extract;
 mod fleet;
 mod metrics;
 mod releases;
+mod routes;
 mod tenants;
 
 use std::sync::Arc;
@@ -65,6 +66,9 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/cells/{name}/desired", get(agent::cell_desired))
         .route("/v1/releases", get(releases::list).post(releases::create))
         .route("/v1/releases/{version}/deploy", post(releases::deploy))
+        .route("/v1/routes", get(routes::snapshot))
+        .route("/v1/routes/watch", get(routes::watch))
+        .route("/v1/routes/{tenant}", get(routes::lookup))
         .route("/v1/agent/desired", get(agent::desired))
         .route("/v1/agent/report", post(agent::report))
         .route("/v1/tenants", get(tenants::list).post(tenants::create))
@@ -112,6 +116,7 @@ where
         admin::healthz, admin::metrics, admin::openapi,
         fleet::apply, fleet::list_regions, fleet::add_migrations, fleet::list_migrations, fleet::list_cells, fleet::get_cell, agent::cell_desired,
         agent::desired, agent::report, releases::create, releases::list, releases::deploy,
+        routes::snapshot, routes::watch, routes::lookup,
         tenants::list, tenants::create, tenants::get, tenants::delete, tenants::suspend,
         tenants::resume, tenants::archive, tenants::explain, tenants::context,
         admin::create_token, admin::list_tokens, admin::revoke_token,

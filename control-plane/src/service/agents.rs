@@ -50,9 +50,10 @@ fn desired_tenants(rows: &[(PlacementRow, TenantRow)]) -> Vec<DesiredTenant> {
 async fn desired_of(
     conn: &mut sqlx::AnyConnection,
     row: &CellRow,
+    placements: &[(PlacementRow, TenantRow)],
     migrations: Vec<Migration>,
 ) -> Result<DesiredState> {
-    let tenants = desired_tenants(&store::placements_on(conn, &row.name).await?);
+    let tenants = desired_tenants(placements);
     let release = match &row.desired_release {
         Some(version) => store::get_release(conn, version)
             .await?
@@ -85,6 +86,7 @@ impl Registry {
     pub(super) async fn commit(&self, mut tx: Tx) -> Result<()> {
         let mut moved = false;
         let touched = tx.take_touched();
+        let mut routing_version: Option<i64> = None;
         let migrations = if touched.is_empty() {
             Vec::new()
         } else {
@@ -94,7 +96,11 @@ impl Registry {
             let Some(row) = store::get_cell(tx.conn(), &cell).await? else {
                 continue;
             };
-            let hash = content_hash(&desired_of(tx.conn(), &row, migrations.clone()).await?);
+            let placements = store::placements_on(tx.conn(), &cell).await?;
+            let hash =
+                content_hash(&desired_of(tx.conn(), &row, &placements, migrations.clone()).await?);
+            // The routing table moves in the same transaction as what it is derived from.
+            super::routes::refresh(tx.conn(), &row, &placements, &mut routing_version).await?;
             let Some((generation, old_hash)) = store::cell_generation(tx.conn(), &cell).await?
             else {
                 continue;
@@ -103,6 +109,9 @@ impl Registry {
                 store::set_cell_generation(tx.conn(), &cell, generation + 1, &hash).await?;
                 moved = true;
             }
+        }
+        if let Some(v) = routing_version {
+            store::set_routing_version(tx.conn(), v).await?;
         }
         tx.commit().await?;
         if moved {
@@ -118,7 +127,8 @@ impl Registry {
             .await?
             .ok_or_else(|| not_found("cell", cell))?;
         let migrations = store::list_migrations(&mut snapshot).await?;
-        desired_of(&mut snapshot, &row, migrations).await
+        let placements = store::placements_on(&mut snapshot, cell).await?;
+        desired_of(&mut snapshot, &row, &placements, migrations).await
     }
 
     /// Long-poll: returns the desired state as soon as its generation is above `since`, or the

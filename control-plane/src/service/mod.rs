@@ -8,6 +8,7 @@ mod diff;
 pub mod migrations;
 mod placing;
 mod releases;
+mod routes;
 mod tenants;
 mod tokens;
 mod views;

@@ -17,6 +17,7 @@
 mod agents;
 mod audit_log;
 mod registry;
+mod routes;
 mod tokens;
 
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 pub use agents::*;
 pub use audit_log::{AuditEntry, audit_all, audit_head, audit_list};
 pub use registry::*;
+pub use routes::*;
 pub use tokens::*;
 
 /// Errors of the persistence layer.

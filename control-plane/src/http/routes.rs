@@ -1,0 +1,81 @@
+//! Routes for edge proxies (`/v1/routes…`): the routing table, a long-poll watch of its changes,
+//! and single lookups. Readable with the `edge` role (and by every reader).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use cellfleet_api::{Env, ErrorBody, RouteEntry, RoutesSnapshot, RoutesWatch, TenantId};
+use serde::Deserialize;
+
+use super::extract::{ApiQuery, Auth};
+use super::{ApiError, AppState, parse_id};
+use crate::auth::Action;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WatchQuery {
+    /// The table version the client has (default 0).
+    pub since: Option<i64>,
+    /// How long to wait for a change, e.g. `30s` (default 30s, at most 60s).
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EnvQuery {
+    /// Environment tier (default `prod`).
+    pub env: Option<String>,
+}
+
+/// The whole routing table `{version, entries}`.
+#[utoipa::path(get, path = "/v1/routes", tag = "routes", security(("bearer" = [])),
+    responses((status = 200, body = RoutesSnapshot)))]
+pub async fn snapshot(
+    State(state): State<AppState>,
+    auth: Auth,
+) -> Result<Json<RoutesSnapshot>, ApiError> {
+    auth.require(Action::ReadRoutes)?;
+    Ok(Json(state.registry.routes().await?))
+}
+
+/// Long-poll for the changes after `since` (or a snapshot when `since` is too old).
+#[utoipa::path(get, path = "/v1/routes/watch", tag = "routes", security(("bearer" = [])), params(WatchQuery),
+    responses((status = 200, body = RoutesWatch), (status = 400, body = ErrorBody)))]
+pub async fn watch(
+    State(state): State<AppState>,
+    auth: Auth,
+    ApiQuery(q): ApiQuery<WatchQuery>,
+) -> Result<Json<RoutesWatch>, ApiError> {
+    auth.require(Action::ReadRoutes)?;
+    let wait = match q.timeout.as_deref() {
+        None => Duration::from_secs(30),
+        Some(t) => humantime::parse_duration(t)
+            .map_err(|e| ApiError::BadRequest(format!("invalid timeout {t:?}: {e}")))?,
+    };
+    Ok(Json(
+        state
+            .registry
+            .watch_routes(q.since.unwrap_or(0), wait)
+            .await?,
+    ))
+}
+
+/// One tenant's route.
+#[utoipa::path(get, path = "/v1/routes/{tenant}", tag = "routes", security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "Tenant id"), EnvQuery),
+    responses((status = 200, body = RouteEntry), (status = 404, description = "No route (unknown, draft, archived or deleted tenant)", body = ErrorBody)))]
+pub async fn lookup(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(tenant): Path<String>,
+    ApiQuery(q): ApiQuery<EnvQuery>,
+) -> Result<Json<RouteEntry>, ApiError> {
+    auth.require(Action::ReadRoutes)?;
+    let tenant: TenantId = parse_id("tenant id", &tenant)?;
+    let env = match q.env {
+        Some(e) => parse_id::<Env>("env", &e)?,
+        None => Env::prod(),
+    };
+    Ok(Json(state.registry.route(&tenant, &env).await?))
+}
