@@ -48,12 +48,17 @@ pub enum RoutingError {
     OutOfOrder { version: i64, have: i64 },
 }
 
+/// One tenant's routes by environment name.
+type Envs = Vec<(Box<str>, Route)>;
+
 /// An immutable routing table at one version.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RoutingTable {
     version: i64,
     /// tenant → its environments (almost always one, so a short vector beats a second map).
-    tenants: HashMap<Box<str>, Vec<(Box<str>, Route)>>,
+    /// Hashed with foldhash (randomly seeded per table): keys come from the control plane, and
+    /// SipHash alone costs about as much as the rest of a lookup.
+    tenants: HashMap<Box<str>, Envs, foldhash::fast::RandomState>,
     len: usize,
 }
 
