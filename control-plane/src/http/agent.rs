@@ -2,8 +2,6 @@
 //! (long-poll) and reports what it observed. Operators read any cell's desired state at
 //! `/v1/cells/{name}/desired`.
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -11,7 +9,7 @@ use cellfleet_api::{AgentReport, CellName, DesiredState, ErrorBody};
 use serde::Deserialize;
 
 use super::extract::{ApiJson, ApiQuery, Auth};
-use super::{ApiError, AppState, parse_id};
+use super::{ApiError, AppState, long_poll_wait, parse_id};
 use crate::auth::Action;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -48,11 +46,7 @@ pub async fn desired(
     ApiQuery(q): ApiQuery<DesiredQuery>,
 ) -> Result<Json<DesiredState>, ApiError> {
     let (_, cell) = auth.require_agent(requested_cell(q.cell.as_deref())?.as_ref())?;
-    let wait = match q.timeout.as_deref() {
-        None => Duration::from_secs(30),
-        Some(t) => humantime::parse_duration(t)
-            .map_err(|e| ApiError::BadRequest(format!("invalid timeout {t:?}: {e}")))?,
-    };
+    let wait = long_poll_wait(q.timeout.as_deref())?;
     Ok(Json(
         state
             .registry

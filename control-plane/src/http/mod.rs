@@ -109,6 +109,15 @@ where
         .map_err(|e: T::Err| ApiError::BadRequest(format!("invalid {what} {s:?}: {e}")))
 }
 
+/// The `timeout` of a long-poll (`30s` when absent; the service caps it).
+fn long_poll_wait(timeout: Option<&str>) -> Result<std::time::Duration, ApiError> {
+    match timeout {
+        None => Ok(std::time::Duration::from_secs(30)),
+        Some(t) => humantime::parse_duration(t)
+            .map_err(|e| ApiError::BadRequest(format!("invalid timeout {t:?}: {e}"))),
+    }
+}
+
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(title = "cellfleet control plane", description = "Places tenants on cells, and serves the fleet registry to operators, SREs, agents and edge proxies."),

@@ -1,15 +1,13 @@
 //! Routes for edge proxies (`/v1/routes…`): the routing table, a long-poll watch of its changes,
 //! and single lookups. Readable with the `edge` role (and by every reader).
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::extract::{Path, State};
 use cellfleet_api::{Env, ErrorBody, RouteEntry, RoutesSnapshot, RoutesWatch, TenantId};
 use serde::Deserialize;
 
 use super::extract::{ApiQuery, Auth};
-use super::{ApiError, AppState, parse_id};
+use super::{ApiError, AppState, long_poll_wait, parse_id};
 use crate::auth::Action;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -48,11 +46,7 @@ pub async fn watch(
     ApiQuery(q): ApiQuery<WatchQuery>,
 ) -> Result<Json<RoutesWatch>, ApiError> {
     auth.require(Action::ReadRoutes)?;
-    let wait = match q.timeout.as_deref() {
-        None => Duration::from_secs(30),
-        Some(t) => humantime::parse_duration(t)
-            .map_err(|e| ApiError::BadRequest(format!("invalid timeout {t:?}: {e}")))?,
-    };
+    let wait = long_poll_wait(q.timeout.as_deref())?;
     Ok(Json(
         state
             .registry
