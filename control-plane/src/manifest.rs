@@ -155,7 +155,8 @@ fn typed<T: DeserializeOwned>(
     })
 }
 
-fn parse_document(origin: &Origin, value: serde_json::Value) -> Result<Object, ManifestError> {
+/// The envelope every document shares (`apiVersion`, `kind`, `metadata`, `spec`), checked.
+fn envelope(origin: &Origin, value: serde_json::Value) -> Result<Envelope, ManifestError> {
     if !value.is_object() {
         return Err(origin.error(
             "",
@@ -172,6 +173,11 @@ fn parse_document(origin: &Origin, value: serde_json::Value) -> Result<Object, M
             ),
         ));
     }
+    Ok(envelope)
+}
+
+fn parse_document(origin: &Origin, value: serde_json::Value) -> Result<Object, ManifestError> {
+    let envelope = envelope(origin, value)?;
     let labels = envelope.metadata.labels;
     if labels.is_some() && envelope.kind != "Cell" {
         return Err(origin.error("metadata.labels", "labels are only supported on Cell"));
@@ -232,22 +238,7 @@ pub fn parse_release(
     if docs.next().is_some() {
         return Err(origin.error("", "a release file holds exactly one document"));
     }
-    if !value.is_object() {
-        return Err(origin.error(
-            "",
-            "a release is a mapping with apiVersion, kind, metadata and spec",
-        ));
-    }
-    let envelope: Envelope = typed(&origin, "", value)?;
-    if envelope.api_version != API_VERSION {
-        return Err(origin.error(
-            "apiVersion",
-            format!(
-                "unsupported apiVersion {:?} (expected {API_VERSION})",
-                envelope.api_version
-            ),
-        ));
-    }
+    let envelope = envelope(&origin, value)?;
     if envelope.kind != "Release" {
         return Err(origin.error(
             "kind",

@@ -211,8 +211,7 @@ impl Registry {
                     "migrations": report.migrations,
                     "errors": report.errors,
                 }),
-            )
-            .await?;
+            );
         }
         self.commit(tx).await
     }

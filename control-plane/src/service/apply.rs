@@ -205,8 +205,7 @@ async fn apply_region(
         &format!("region.{outcome}"),
         &format!("region/{name}"),
         json!({ "spec": spec, "changes": changes }),
-    )
-    .await?;
+    );
     Ok(result("Region", name.as_str(), outcome, changes))
 }
 
@@ -292,8 +291,7 @@ async fn apply_cell(
         &format!("cell.{outcome}"),
         &format!("cell/{name}"),
         json!({ "labels": labels, "spec": spec, "state": state, "changes": changes }),
-    )
-    .await?;
+    );
     Ok(result("Cell", name.as_str(), outcome, changes))
 }
 
@@ -447,8 +445,7 @@ pub(super) async fn apply_tenant(
         &format!("tenant.{outcome}"),
         &target(&row),
         json!({ "spec": spec, "changes": changes }),
-    )
-    .await?;
+    );
     Ok(result("Tenant", name.as_str(), outcome, changes))
 }
 

@@ -110,8 +110,7 @@ impl Registry {
                 "migration.add",
                 &format!("migration/{}", m.version),
                 json!({ "name": m.name, "phase": m.phase, "checksum": m.checksum }),
-            )
-            .await?;
+            );
             newest = m.version;
             results.push(MigrationAdded {
                 version: m.version,

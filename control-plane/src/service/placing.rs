@@ -55,8 +55,7 @@ pub(super) async fn place_tenant(
                 "tenant.unplaced",
                 &target(tenant),
                 json!({ "reason": reason }),
-            )
-            .await?;
+            );
         }
         return Ok(Vec::new());
     }
@@ -86,8 +85,7 @@ pub(super) async fn place_tenant(
             "placement.create",
             &format!("{}/{env}", target(tenant)),
             json!({ "cell": row.cell, "region": row.region, "generation": row.generation }),
-        )
-        .await?;
+        );
         out.push(PlacedTenant {
             tenant: tenant.id.clone(),
             env,
@@ -114,8 +112,7 @@ pub(super) async fn place_tenant(
         action,
         &target(tenant),
         json!({ "from": was, "to": tenant.state }),
-    )
-    .await?;
+    );
     Ok(out)
 }
 

@@ -46,8 +46,7 @@ impl Registry {
             "release.create",
             &format!("release/{version}"),
             json!({ "spec": spec }),
-        )
-        .await?;
+        );
         let view = store::get_release(tx.conn(), &version)
             .await?
             .ok_or_else(|| not_found("release", &version))?;
@@ -90,8 +89,7 @@ impl Registry {
                 "cell.release",
                 &format!("cell/{cell}"),
                 json!({ "from": row.desired_release, "to": version }),
-            )
-            .await?;
+            );
             changed.push(cell.clone());
         }
         self.commit(tx).await?;

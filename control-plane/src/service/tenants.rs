@@ -126,8 +126,7 @@ impl Registry {
             &format!("tenant.{}", transition.verb()),
             &target(&t),
             payload,
-        )
-        .await?;
+        );
         if transition == Transition::Delete {
             // Freed capacity may let a waiting draft in.
             self.place_pending(&mut tx, None).await?;

@@ -54,8 +54,7 @@ impl Registry {
             "token.revoke",
             &format!("token/{id}"),
             json!({ "role": token.role, "cell": token.cell }),
-        )
-        .await?;
+        );
         let view = store::get_token(tx.conn(), id)
             .await?
             .ok_or_else(|| not_found("token", id))?
@@ -138,8 +137,7 @@ async fn insert_token(tx: &mut Tx, req: &CreateTokenRequest) -> Result<TokenCrea
         "token.create",
         &format!("token/{}", row.id),
         json!({ "role": row.role, "cell": row.cell, "description": row.description }),
-    )
-    .await?;
+    );
     Ok(TokenCreated {
         id: row.id,
         role: row.role,

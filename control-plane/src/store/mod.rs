@@ -289,12 +289,7 @@ impl Tx {
 
     /// Records an audit entry for this mutation; it is written, chained, in the same transaction
     /// at [`Tx::commit`] (never, if the mutation rolls back).
-    pub async fn audit(
-        &mut self,
-        action: &str,
-        target: &str,
-        payload: serde_json::Value,
-    ) -> Result<()> {
+    pub fn audit(&mut self, action: &str, target: &str, payload: serde_json::Value) {
         self.audit.push(AuditEntry {
             at: self.now,
             actor: self.caller.actor.clone(),
@@ -303,7 +298,6 @@ impl Tx {
             correlation_id: self.caller.correlation_id.clone(),
             payload,
         });
-        Ok(())
     }
 }
 
