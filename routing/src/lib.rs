@@ -27,8 +27,10 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "router")]
+pub mod router;
 mod table;
 mod watcher;
 
 pub use table::{Route, RoutingError, RoutingTable};
-pub use watcher::{RouteWatcher, WatcherConfig};
+pub use watcher::{RouteWatcher, SyncStatus, WatcherConfig, unix_ms};

@@ -7,8 +7,9 @@
 //! watcher retries with backoff (and re-snapshots after a refused batch). Every published table is
 //! also handed to `on_update`, e.g. to persist it for a restart without the control plane.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use cellfleet_api::{ErrorBody, RoutesSnapshot, RoutesWatch};
@@ -30,7 +31,90 @@ pub struct RouteWatcher {
     config: WatcherConfig,
     http: reqwest::Client,
     table: Arc<ArcSwap<RoutingTable>>,
-    on_update: Box<dyn Fn(&RoutingTable) + Send + Sync>,
+    status: Arc<SyncStatus>,
+    on_update: OnUpdate,
+}
+
+type OnUpdate = Box<dyn Fn(&Arc<RoutingTable>) + Send + Sync>;
+
+/// How the watcher's last exchanges with the control plane went: what a router reports as its
+/// staleness. Updated without locks except for the last error's text.
+#[derive(Debug, Default)]
+pub struct SyncStatus {
+    /// Whether the last exchange succeeded (a long-poll in flight after a success counts as
+    /// connected: any change would reach us as soon as it is made).
+    connected: AtomicBool,
+    /// Unix milliseconds of the last successful exchange (0: never).
+    last_success_ms: AtomicI64,
+    failures: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl SyncStatus {
+    /// A status for a table restored from elsewhere (e.g. disk) that was known current at
+    /// `as_of` (Unix milliseconds): staleness counts from there until the first success.
+    pub fn restored(as_of_ms: i64) -> Self {
+        SyncStatus {
+            last_success_ms: AtomicI64::new(as_of_ms),
+            ..SyncStatus::default()
+        }
+    }
+
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Unix milliseconds of the last time the table was known current (0: never).
+    pub fn last_success_ms(&self) -> i64 {
+        self.last_success_ms.load(Ordering::Relaxed)
+    }
+
+    /// Failed exchanges since start.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
+    }
+
+    /// How long the table may have been out of date: zero while connected, else the time since
+    /// the last success; `None` if the table was never known current.
+    pub fn staleness(&self, now_ms: i64) -> Option<Duration> {
+        if self.connected() {
+            return Some(Duration::ZERO);
+        }
+        match self.last_success_ms() {
+            0 => None,
+            at => Some(Duration::from_millis(
+                u64::try_from(now_ms.saturating_sub(at)).unwrap_or(0),
+            )),
+        }
+    }
+
+    fn succeeded(&self) {
+        self.last_success_ms.store(unix_ms(), Ordering::Relaxed);
+        self.connected.store(true, Ordering::Relaxed);
+    }
+
+    fn failed(&self, error: &str) {
+        self.connected.store(false, Ordering::Relaxed);
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(error.to_owned());
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 impl std::fmt::Debug for RouteWatcher {
@@ -48,18 +132,31 @@ impl RouteWatcher {
         let _ = rustls::crypto::ring::default_provider().install_default();
         Ok(RouteWatcher {
             http: reqwest::Client::builder()
-                .timeout(config.poll + Duration::from_secs(30))
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(config.poll + Duration::from_secs(10))
                 .build()?,
             config,
             table: Arc::new(ArcSwap::from_pointee(initial)),
+            status: Arc::new(SyncStatus::default()),
             on_update: Box::new(|_| {}),
         })
     }
 
-    /// Called with every table the watcher publishes.
-    pub fn on_update(mut self, f: impl Fn(&RoutingTable) + Send + Sync + 'static) -> Self {
+    /// Called with every table the watcher publishes, right after readers can see it.
+    pub fn on_update(mut self, f: impl Fn(&Arc<RoutingTable>) + Send + Sync + 'static) -> Self {
         self.on_update = Box::new(f);
         self
+    }
+
+    /// Starts from this sync status instead of "never synced" (see [`SyncStatus::restored`]).
+    pub fn with_status(mut self, status: SyncStatus) -> Self {
+        self.status = Arc::new(status);
+        self
+    }
+
+    /// The shared sync status (connected, last success, failures).
+    pub fn status(&self) -> Arc<SyncStatus> {
+        self.status.clone()
     }
 
     /// The shared handle readers load the current table from.
@@ -93,8 +190,9 @@ impl RouteWatcher {
     }
 
     fn publish(&self, table: RoutingTable) {
+        let table = Arc::new(table);
+        self.table.store(table.clone());
         (self.on_update)(&table);
-        self.table.store(Arc::new(table));
     }
 
     async fn resnapshot(&self) -> Result<(), String> {
@@ -152,10 +250,12 @@ impl RouteWatcher {
                 () = &mut shutdown => return,
                 result = self.step(fresh) => match result {
                     Ok(()) => {
+                        self.status.succeeded();
                         fresh = false;
                         backoff = Duration::from_millis(100);
                     }
                     Err(e) => {
+                        self.status.failed(&e);
                         tracing::warn!(error = %e, retry_in = ?backoff, "routing sync failed; serving the last good table");
                         // Start over from a snapshot: the next answer may not follow this table.
                         fresh = true;
