@@ -278,6 +278,7 @@ async fn reconcile(
         let ctx = WorkloadContext {
             endpoint,
             database_url: config.workload_database_url.clone(),
+            cell: config.cell.clone(),
         };
         deployer.ensure(release, &ctx).await?;
     }

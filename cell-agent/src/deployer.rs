@@ -20,6 +20,8 @@ pub struct WorkloadContext {
     pub endpoint: String,
     /// The cell database.
     pub database_url: String,
+    /// The cell's name (the workload labels its answers with it).
+    pub cell: String,
 }
 
 pub trait Deployer {
@@ -135,6 +137,7 @@ impl LocalProcess {
             .env("WORKLOAD_LISTEN", listen_address(&ctx.endpoint)?)
             .env("WORKLOAD_DATABASE_URL", &ctx.database_url)
             .env("WORKLOAD_RELEASE", &release.version)
+            .env("WORKLOAD_CELL", &ctx.cell)
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use sqlx::{Connection, Executor};
 
+mod edge;
+pub use edge::{NginxProcess, nginx_bin};
+
 /// Which registry backend a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Db {
@@ -182,15 +185,30 @@ impl ServerProcess {
     /// Starts `cellfleet ARGS…` listening on a free port (passed as `--listen`) and waits until
     /// it prints `ready_line` and answers `/healthz`.
     pub fn start(args: &[&str], ready_line: &str) -> ServerProcess {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let mut child = Command::new(cellfleet_bin())
+        Self::start_bin(&cellfleet_bin(), args, ready_line)
+    }
+
+    /// Starts another server binary of the workspace the same way (e.g. `cellfleet-router`).
+    pub fn start_bin(bin: &Path, args: &[&str], ready_line: &str) -> ServerProcess {
+        Self::start_bin_at(bin, &format!("127.0.0.1:{}", free_port()), args, ready_line)
+    }
+
+    /// [`ServerProcess::start_bin`] on a given address (e.g. to restart a server where its
+    /// clients expect it).
+    pub fn start_bin_at(
+        bin: &Path,
+        listen: &str,
+        args: &[&str],
+        ready_line: &str,
+    ) -> ServerProcess {
+        let listen = listen.to_owned();
+        let mut child = Command::new(bin)
             .args(args)
             .args(["--listen", &listen])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start cellfleet");
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
         let stdout = child.stdout.take().expect("stdout");
         let mut banner = Vec::new();
         let mut lines = BufReader::new(stdout).lines();
@@ -235,7 +253,7 @@ impl Drop for ServerProcess {
 }
 
 /// SIGTERM, wait up to `grace`, then SIGKILL.
-fn terminate(child: &mut Child, grace: Duration) {
+pub(crate) fn terminate(child: &mut Child, grace: Duration) {
     if let Ok(pid) = i32::try_from(child.id()) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),

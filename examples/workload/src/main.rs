@@ -43,6 +43,10 @@ struct Args {
     /// The release this process runs (reported at /version and in /metrics).
     #[arg(long, env = "WORKLOAD_RELEASE", default_value = "0.0.0-dev")]
     release: String,
+    /// The cell this process serves (set by the cell agent); every answer names it in
+    /// `X-Served-By`, so a client or a test can see which cell served it.
+    #[arg(long, env = "WORKLOAD_CELL", default_value = "")]
+    cell: String,
     /// Share of tenant requests answered with 500 (0.0–1.0), to simulate a bad release.
     #[arg(long, env = "WORKLOAD_ERROR_RATE", default_value_t = 0.0)]
     error_rate: f64,
@@ -74,6 +78,7 @@ struct AppState {
     pool: AnyPool,
     postgres: bool,
     release: String,
+    cell: String,
     error_rate: f64,
     latency: Option<Duration>,
     metrics: Arc<Metrics>,
@@ -309,6 +314,14 @@ fn now_millis() -> i64 {
         .unwrap_or(0)
 }
 
+/// Labels every answer with the cell that served it.
+async fn served_by(State(s): State<AppState>, mut response: Response) -> Response {
+    if let Ok(cell) = axum::http::HeaderValue::from_str(&s.cell) {
+        response.headers_mut().insert("x-served-by", cell);
+    }
+    response
+}
+
 fn app(state: AppState) -> Router {
     let tenant_routes = Router::new()
         .route("/v1/notes", get(list_notes).post(create_note))
@@ -322,12 +335,20 @@ fn app(state: AppState) -> Router {
         .route(
             "/version",
             get(|State(s): State<AppState>| async move {
-                Json(serde_json::json!({ "release": s.release, "pid": std::process::id() }))
+                Json(serde_json::json!({
+                    "release": s.release,
+                    "cell": s.cell,
+                    "pid": std::process::id(),
+                }))
             }),
         )
         .route("/metrics", get(metrics))
         .merge(tenant_routes)
         .layer(axum::extract::DefaultBodyLimit::max(128 * 1024))
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            served_by,
+        ))
         .with_state(state)
 }
 
@@ -367,6 +388,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         postgres,
         metrics: Arc::new(metrics_registry(&args.release)),
         release: args.release,
+        cell: args.cell,
         error_rate: args.error_rate,
         latency: args.latency,
     };

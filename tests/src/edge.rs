@@ -1,0 +1,117 @@
+//! A real nginx (the Debian package) for edge tests: started in the foreground on a free port
+//! with everything it writes inside a temporary directory, stopped (and its workers with it) on
+//! drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{free_port, terminate};
+
+/// The nginx binary: on `PATH` or where Debian puts it. Missing nginx is a failed test, never a
+/// skipped one: `.ci/run` installs it (`apt-get install nginx`).
+pub fn nginx_bin() -> PathBuf {
+    let candidates = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    candidates
+        .into_iter()
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|d| d.join("nginx"))
+        .find(|p| p.is_file())
+        .expect("nginx is not installed: apt-get install nginx (.ci/run does)")
+}
+
+/// An nginx master process (and its one worker) this test started.
+#[derive(Debug)]
+pub struct NginxProcess {
+    child: Child,
+    pub url: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl NginxProcess {
+    /// Runs nginx with `server_config` (what would go in `conf.d/`, i.e. inside `http {}`)
+    /// after replacing `listen 8080` with a free port. Waits until it accepts connections.
+    pub fn start(server_config: &str) -> NginxProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let p = dir.path();
+        let snippet = p.join("cellfleet.conf");
+        std::fs::write(
+            &snippet,
+            server_config.replace("listen 8080;", &format!("listen 127.0.0.1:{port};")),
+        )
+        .expect("write nginx snippet");
+        let conf = p.join("nginx.conf");
+        let d = p.display();
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+                 events {{ worker_connections 512; }}\n\
+                 http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+                 fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+                 include {};\n}}\n",
+                snippet.display()
+            ),
+        )
+        .expect("write nginx.conf");
+        let test = Command::new(nginx_bin())
+            .args(["-t", "-p"])
+            .arg(p)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-e")
+            .arg(p.join("error.log"))
+            .output()
+            .expect("run nginx -t");
+        assert!(
+            test.status.success(),
+            "nginx rejects the configuration: {}",
+            String::from_utf8_lossy(&test.stderr)
+        );
+        let mut child = Command::new(nginx_bin())
+            .arg("-p")
+            .arg(p)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-e")
+            .arg(p.join("error.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("nginx exited ({status}): {}", Self::log_of(p));
+            }
+            assert!(Instant::now() < deadline, "nginx never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        NginxProcess { child, url, dir }
+    }
+
+    /// The master's pid (unchanged means nginx was not restarted).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// nginx's error log, for failure messages.
+    pub fn error_log(&self) -> String {
+        Self::log_of(self.dir.path())
+    }
+
+    fn log_of(dir: &Path) -> String {
+        std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for NginxProcess {
+    /// SIGTERM is nginx's fast shutdown: the master stops its workers, then exits.
+    fn drop(&mut self) {
+        terminate(&mut self.child, Duration::from_secs(10));
+    }
+}
