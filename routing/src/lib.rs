@@ -3,7 +3,9 @@
 //! - [`RoutingTable`]: an immutable snapshot of `(tenant, env) → Route`, looked up without locks
 //!   or allocation;
 //! - [`RouteWatcher`]: keeps one in sync with the control plane (`/v1/routes`, `/v1/routes/watch`),
-//!   publishing each new table atomically and keeping the last good one through any failure.
+//!   publishing each new table atomically and keeping the last good one through any failure;
+//! - `router` (feature `router`, on by default): the `cellfleet-router` edge sidecar built on
+//!   both — HTTP lookups for nginx, Envoy and plain clients, holds, quotas, an on-disk copy.
 //!
 //! In-process use by a Rust proxy:
 //!
