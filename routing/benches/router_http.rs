@@ -39,8 +39,22 @@ const CONNECTIONS: usize = 50;
 struct Kill(Vec<Child>);
 
 impl Drop for Kill {
+    /// SIGTERM first: nginx's master stops its worker on it (a SIGKILLed master would leave the
+    /// worker running); SIGKILL whatever is left after 5 s.
     fn drop(&mut self) {
         for c in &mut self.0 {
+            if let Ok(pid) = i32::try_from(c.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for c in &mut self.0 {
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
