@@ -433,6 +433,22 @@ pub fn cli(server: &str, token_file: &Path, args: &[&str]) -> Run {
     )
 }
 
+/// Creates an agent token for `cell` through the CLI and writes it to `DIR/CELL.token`.
+pub fn agent_token_file(server: &str, admin: &Path, cell: &str, dir: &Path) -> PathBuf {
+    let token = cli(
+        server,
+        admin,
+        &[
+            "token", "create", "--role", "agent", "--cell", cell, "-o", "json",
+        ],
+    )
+    .json();
+    let path = dir.join(format!("{cell}.token"));
+    std::fs::write(&path, token["token"].as_str().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    path
+}
+
 /// Runs the operator CLI with extra environment.
 pub fn cli_with(server: &str, env: &[(&str, &str)], args: &[&str]) -> Run {
     let out: Output = Command::new(cellfleet_bin())

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use cellfleet_e2e::{
-    AgentProcess, Db, ServerProcess, TestDb, cli, eventually, free_port, http_call, http_get,
-    workspace_bin,
+    AgentProcess, Db, ServerProcess, TestDb, agent_token_file, cli, eventually, free_port,
+    http_call, http_get, workspace_bin,
 };
 
 fn json(text: &str) -> serde_json::Value {
@@ -103,13 +103,7 @@ async fn a_local_fleet_serves_tenants_and_survives_crashes_and_bad_releases() {
 
     let mut agents = Vec::new();
     for cell in ["cell-a", "cell-b"] {
-        let token = run(&[
-            "token", "create", "--role", "agent", "--cell", cell, "-o", "json",
-        ])
-        .json();
-        let token_file = dir.join(format!("{cell}.token"));
-        std::fs::write(&token_file, token["token"].as_str().unwrap_or_default())
-            .unwrap_or_default();
+        let token_file = agent_token_file(&url, &admin, cell, dir);
         agents.push(AgentProcess::start(
             &url,
             &token_file,

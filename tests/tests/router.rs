@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use cellfleet_e2e::{
-    AgentProcess, Db, NginxProcess, ServerProcess, TestDb, cli, eventually, free_port, http_get,
-    workspace_bin,
+    AgentProcess, Db, NginxProcess, ServerProcess, TestDb, agent_token_file, cli, eventually,
+    free_port, http_get, workspace_bin,
 };
 
 /// The shipped example, used as is (the test only changes the ports).
@@ -174,13 +174,7 @@ async fn nginx_routes_every_tenant_to_its_cell_through_the_router() {
     run(&["release", "deploy", "1.0.0"]).ok();
     let mut agents = Vec::new();
     for cell in ["cell-a", "cell-b"] {
-        let token = run(&[
-            "token", "create", "--role", "agent", "--cell", cell, "-o", "json",
-        ])
-        .json();
-        let token_file = dir.join(format!("{cell}.token"));
-        std::fs::write(&token_file, token["token"].as_str().unwrap_or_default())
-            .unwrap_or_default();
+        let token_file = agent_token_file(&url, &admin, cell, dir);
         agents.push(AgentProcess::start(
             &url,
             &token_file,

@@ -322,16 +322,17 @@ async fn route_lookup(
     if !state.authorized(request.headers()) {
         return unauthorized(&state, Mode::Route);
     }
-    let env = axum::extract::Query::<EnvQuery>::try_from_uri(request.uri())
-        .ok()
-        .and_then(|q| q.0.env)
-        .unwrap_or_else(|| state.inner.config.env.clone());
-    match admit(&state, &tenant, &env).await {
+    let query = axum::extract::Query::<EnvQuery>::try_from_uri(request.uri()).ok();
+    let env = query
+        .as_ref()
+        .and_then(|q| q.0.env.as_deref())
+        .unwrap_or(&state.inner.config.env);
+    match admit(&state, &tenant, env).await {
         Admission::Routed(dest) => {
             state.inner.metrics.decided(Mode::Route, Outcome::Routed);
             let body = serde_json::to_vec(&RouteBody {
                 tenant: &tenant,
-                env: &env,
+                env,
                 cell: dest.cell.to_str().unwrap_or_default(),
                 endpoint: dest.endpoint.as_ref().and_then(|e| e.to_str().ok()),
                 generation: dest.generation,
