@@ -20,3 +20,4 @@ pub mod placement;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod strict_yaml;

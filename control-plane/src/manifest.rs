@@ -1,4 +1,4 @@
-//! Declarative manifests: multi-document YAML of kinds `Region`, `Cell` and `Tenant`.
+//! Declarative manifests: multi-document YAML of kinds `Region`, `Cell`, `Tenant` and `Release`.
 //!
 //! Parsing is pure and all-or-nothing: every document of every file is parsed and validated
 //! before anything is applied, and the first problem is reported with its file, 1-based document
@@ -15,6 +15,8 @@ use cellfleet_api::{
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+
+use crate::strict_yaml::YamlError;
 
 /// Where a document came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +63,11 @@ pub enum Object {
         name: TenantId,
         spec: TenantSpec,
     },
+    /// An immutable application version (`metadata.name` is its semver version).
+    Release {
+        version: String,
+        spec: cellfleet_api::ReleaseSpec,
+    },
 }
 
 impl Object {
@@ -69,6 +76,7 @@ impl Object {
             Object::Region { .. } => "Region",
             Object::Cell { .. } => "Cell",
             Object::Tenant { .. } => "Tenant",
+            Object::Release { .. } => "Release",
         }
     }
 
@@ -77,6 +85,7 @@ impl Object {
             Object::Region { name, .. } => name.as_str(),
             Object::Cell { name, .. } => name.as_str(),
             Object::Tenant { name, .. } => name.as_str(),
+            Object::Release { version, .. } => version,
         }
     }
 }
@@ -115,8 +124,7 @@ pub fn parse(files: &[ManifestFile]) -> Result<Vec<Document>, ManifestError> {
                 file: file.name.clone(),
                 document: i + 1,
             };
-            let value = serde_json::Value::deserialize(de)
-                .map_err(|e| origin.error("", format!("not valid YAML: {e}")))?;
+            let value = read_document(&origin, de)?;
             if value.is_null() {
                 continue;
             }
@@ -136,6 +144,18 @@ pub fn parse(files: &[ManifestFile]) -> Result<Vec<Document>, ManifestError> {
         }
     }
     Ok(docs)
+}
+
+/// One YAML document as JSON, refusing duplicate keys and numbers no field can hold (see
+/// [`crate::strict_yaml`]).
+fn read_document(
+    origin: &Origin,
+    document: yaml_serde::Deserializer<'_>,
+) -> Result<serde_json::Value, ManifestError> {
+    crate::strict_yaml::to_json(document).map_err(|e| match e {
+        YamlError::Field { path, message } => origin.error(path, message),
+        YamlError::Syntax(e) => origin.error("", format!("not valid YAML: {e}")),
+    })
 }
 
 /// Deserializes `value` into `T`, reporting the failing field under `prefix`.
@@ -213,14 +233,18 @@ fn parse_document(origin: &Origin, value: serde_json::Value) -> Result<Object, M
                 spec,
             })
         }
+        "Release" => {
+            let (version, spec) = release(origin, name, envelope.spec)?;
+            Ok(Object::Release { version, spec })
+        }
         other => Err(origin.error(
             "kind",
-            format!("unknown kind {other:?} (expected Region, Cell or Tenant)"),
+            format!("unknown kind {other:?} (expected Region, Cell, Tenant or Release)"),
         )),
     }
 }
 
-/// Parses a release manifest: one document of kind `Release` whose `metadata.name` is the
+/// Parses a release file: one document of kind `Release` whose `metadata.name` is the
 /// release's semver version.
 pub fn parse_release(
     file: &ManifestFile,
@@ -231,8 +255,7 @@ pub fn parse_release(
     };
     let mut docs = yaml_serde::Deserializer::from_str(&file.content);
     let value = match docs.next() {
-        Some(de) => serde_json::Value::deserialize(de)
-            .map_err(|e| origin.error("", format!("not valid YAML: {e}")))?,
+        Some(de) => read_document(&origin, de)?,
         None => serde_json::Value::Null,
     };
     if docs.next().is_some() {
@@ -248,14 +271,28 @@ pub fn parse_release(
     if envelope.metadata.labels.is_some() {
         return Err(origin.error("metadata.labels", "labels are only supported on Cell"));
     }
-    let version = envelope.metadata.name;
+    release(&origin, envelope.metadata.name, envelope.spec)
+}
+
+/// A `Release` document's version and spec, checked.
+fn release(
+    origin: &Origin,
+    version: String,
+    spec: serde_json::Value,
+) -> Result<(String, cellfleet_api::ReleaseSpec), ManifestError> {
     if let Err(e) = semver::Version::parse(&version) {
         return Err(origin.error(
             "metadata.name",
             format!("{version:?} is not a semver version (e.g. 2.4.0): {e}"),
         ));
     }
-    let spec: cellfleet_api::ReleaseSpec = typed(&origin, "spec", envelope.spec)?;
+    if version.len() > MAX_RELEASE_VERSION {
+        return Err(origin.error(
+            "metadata.name",
+            format!("a release version is at most {MAX_RELEASE_VERSION} characters"),
+        ));
+    }
+    let spec: cellfleet_api::ReleaseSpec = typed(origin, "spec", spec)?;
     if spec.artifact.command.trim().is_empty() {
         return Err(origin.error("spec.artifact.command", "must not be empty"));
     }
@@ -269,6 +306,9 @@ pub fn parse_release(
     }
     Ok((version, spec))
 }
+
+/// Longest release version accepted (agents report it back, and reports are bounded).
+pub const MAX_RELEASE_VERSION: usize = 64;
 
 fn is_short_token(s: &str) -> bool {
     !s.is_empty()

@@ -157,7 +157,7 @@ fn errors_name_file_document_and_field() {
         (
             "kind: Region",
             "kind: Regoin",
-            "fleet.yaml: document 1: kind: unknown kind \"Regoin\" (expected Region, Cell or Tenant)",
+            "fleet.yaml: document 1: kind: unknown kind \"Regoin\" (expected Region, Cell, Tenant or Release)",
         ),
         (
             "metadata: {name: acme}",
@@ -224,5 +224,49 @@ fn an_object_declared_twice_is_refused() {
     assert_eq!(
         e,
         "b.yaml: document 1: metadata.name: Region eu-west-1 is declared twice (first in a.yaml document 1)"
+    );
+}
+
+#[test]
+fn duplicate_keys_and_impossible_numbers_are_named() {
+    // A key given twice in one mapping is refused (the last one does not silently win).
+    assert_eq!(
+        err_with(
+            "  kind: pooled\n",
+            "  kind: pooled\n  capacity: 3\n  kind: dedicated\n"
+        ),
+        "fleet.yaml: document 2: spec.kind: the key is given twice in one mapping"
+    );
+    assert_eq!(
+        err_with("lat: 53.35", "lat: .nan"),
+        "fleet.yaml: document 1: spec.location.lat: NaN is not a finite number"
+    );
+    assert_eq!(
+        err_with("capacity: 50", "capacity: 100000000000000000000"),
+        "fleet.yaml: document 2: spec.capacity: 100000000000000000000 is out of range"
+    );
+    // Within range for YAML but not for the field: the typed error names it.
+    let e = err_with("capacity: 50", "capacity: 10000000000");
+    assert!(
+        e.starts_with("fleet.yaml: document 2: spec.capacity: invalid value"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_release_is_a_manifest_kind_like_the_others() {
+    let release = "apiVersion: cellfleet.io/v1\nkind: Release\nmetadata: {name: \"1.2.0\"}\nspec: {artifact: {command: notes-workload}, migrations: {upTo: 2}}\n";
+    let docs = parse(&file(&format!("{GOOD}{release}"))).unwrap();
+    assert_eq!(docs.len(), 4);
+    match &docs[3].object {
+        Object::Release { version, spec } => {
+            assert_eq!(version, "1.2.0");
+            assert_eq!(spec.artifact.command, "notes-workload");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        err(&release.replace("1.2.0", "latest")),
+        "fleet.yaml: document 1: metadata.name: \"latest\" is not a semver version (e.g. 2.4.0): unexpected character 'l' while parsing major version number"
     );
 }

@@ -231,7 +231,8 @@ both_backends!(residency_holds_on_every_path, |backend| {
             .unwrap(),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .0;
     assert_eq!(created.state, TenantState::Draft);
 
     // Room in the EU: the oldest drafts are placed there by the same apply.
@@ -810,5 +811,141 @@ both_backends!(context_and_explain, |backend| {
     assert_eq!(
         err.to_string(),
         "tenant far has no placement in env prod (state draft: env prod: no region satisfies residency (jurisdiction ap))"
+    );
+});
+
+both_backends!(environments_are_placed_each_on_its_own, |backend| {
+    let t = TestRegistry::new(backend).await;
+    t.apply(FLEET).await.unwrap();
+    // prod has cells; dev has none: prod is placed and serves, dev waits with the reason.
+    let doc = "apiVersion: cellfleet.io/v1\nkind: Tenant\nmetadata: {name: both}\nspec: {displayName: both, profile: mt-standard, residency: {jurisdiction: eu}, environments: [prod, dev]}\n";
+    let r = t.apply(doc).await.unwrap();
+    assert_eq!(r.placed.len(), 1);
+    assert_eq!(r.placed[0].env.as_str(), "prod");
+    let v = t.registry.tenant(&tid("both")).await.unwrap();
+    assert_eq!(v.state, TenantState::Active);
+    let reason = v.state_reason.unwrap_or_default();
+    assert!(reason.starts_with("env dev: "), "{reason}");
+    let routes = t.registry.routes().await.unwrap();
+    assert!(
+        routes
+            .entries
+            .iter()
+            .any(|e| e.tenant.as_str() == "both" && e.env.as_str() == "prod")
+    );
+    let explained = t.registry.explain(&tid("both")).await.unwrap();
+    assert_eq!(explained.placements.len(), 1);
+    assert_eq!(explained.unplaced.len(), 1);
+    assert_eq!(explained.unplaced[0].env.as_str(), "dev");
+
+    // A dev cell appears: dev is placed by that apply, the reason goes.
+    let dev_cell = "apiVersion: cellfleet.io/v1\nkind: Cell\nmetadata: {name: euw1-dev-1}\nspec: {region: eu-west-1, kind: pooled, env: dev, capacity: 5}\n";
+    let r = t.apply(dev_cell).await.unwrap();
+    assert_eq!(r.placed.len(), 1);
+    assert_eq!(r.placed[0].env.as_str(), "dev");
+    let v = t.registry.tenant(&tid("both")).await.unwrap();
+    assert_eq!(v.placements.len(), 2);
+    assert_eq!(v.state_reason, None);
+});
+
+both_backends!(residency_mistakes_are_refused_or_warned, |backend| {
+    let t = TestRegistry::new(backend).await;
+    t.apply(FLEET).await.unwrap();
+    // An allowed-region list and a jurisdiction that share no region: never placeable.
+    let never = tenant_doc(
+        "never",
+        "mt-standard",
+        "{allowedRegions: [us-east-1], jurisdiction: eu}",
+    );
+    let e = t.apply(&never).await.unwrap_err().to_string();
+    assert!(
+        e.contains("spec.residency: none of allowedRegions [us-east-1] is in jurisdiction eu"),
+        "{e}"
+    );
+    assert!(
+        t.registry.tenant(&tid("never")).await.is_err(),
+        "nothing written"
+    );
+    // A preferred region the rule does not allow: accepted (its location ranks the allowed
+    // regions), with a warning naming the field.
+    let odd = tenant_doc(
+        "odd",
+        "mt-standard",
+        "{allowedRegions: [eu-west-1, eu-central-1], preferredRegion: us-east-1}",
+    );
+    let r = t.apply(&odd).await.unwrap();
+    assert_eq!(r.results[0].warnings.len(), 1, "{:?}", r.results[0]);
+    assert!(
+        r.results[0].warnings[0]
+            .starts_with("spec.residency.preferredRegion: us-east-1 is not allowed"),
+        "{:?}",
+        r.results[0].warnings
+    );
+    // One allowed region outside the jurisdiction: never used, said so.
+    let partly = tenant_doc(
+        "partly",
+        "mt-standard",
+        "{allowedRegions: [eu-west-1, us-east-1], jurisdiction: eu}",
+    );
+    let r = t.apply(&partly).await.unwrap();
+    assert!(
+        r.results[0].warnings.iter().any(|w| w
+            .starts_with("spec.residency.allowedRegions[1]: us-east-1 is not in jurisdiction eu")),
+        "{:?}",
+        r.results[0].warnings
+    );
+    // The create path warns the same way.
+    let (_, warnings) = t
+        .registry
+        .create_tenant(
+            &caller(),
+            &tid("odd2"),
+            &serde_json::from_value(serde_json::json!({
+                "displayName": "x", "profile": "mt-standard",
+                "residency": {"jurisdiction": "eu", "preferredRegion": "us-east-1"}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+});
+
+both_backends!(releases_can_be_applied_with_the_fleet, |backend| {
+    let t = TestRegistry::new(backend).await;
+    let release = "---\napiVersion: cellfleet.io/v1\nkind: Release\nmetadata: {name: \"1.0.0\"}\nspec: {artifact: {command: notes-workload}}\n";
+    let r = t.apply(&format!("{FLEET}{release}")).await.unwrap();
+    let rel = r.results.iter().find(|r| r.kind == "Release").unwrap();
+    assert_eq!(
+        (rel.name.as_str(), rel.outcome),
+        ("1.0.0", ApplyOutcome::Created)
+    );
+    assert_eq!(t.registry.releases().await.unwrap().len(), 1);
+    // Again: unchanged. Other content for the same version: refused, naming the document.
+    let r = t.apply(&format!("{FLEET}{release}")).await.unwrap();
+    assert!(
+        r.results
+            .iter()
+            .all(|r| r.outcome == ApplyOutcome::Unchanged)
+    );
+    let e = t
+        .apply(&release.replace("notes-workload", "other"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("document 1: release 1.0.0 exists with a different spec"),
+        "{e}"
+    );
+    // Releases are infrastructure: an operator may not apply one.
+    let e = t
+        .registry
+        .apply(&caller(), Role::Operator, &[file("r.yaml", release)], false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("role operator may not change regions and cells"),
+        "{e}"
     );
 });

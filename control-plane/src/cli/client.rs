@@ -90,12 +90,25 @@ impl Client {
             )
         })?;
         let status = resp.status();
+        for warning in resp.headers().get_all(reqwest::header::WARNING) {
+            if let Ok(w) = warning.to_str() {
+                eprintln!("warning: {}", warning_text(w));
+            }
+        }
         let bytes = resp.bytes().await.context("reading the response")?;
         if !status.is_success() {
             return Err(failure(status, &bytes).into());
         }
         serde_json::from_slice(&bytes).with_context(|| format!("unexpected response from {url}"))
     }
+}
+
+/// The text of a `Warning: 299 AGENT "TEXT"` header (the whole value if it has another shape).
+fn warning_text(value: &str) -> &str {
+    value
+        .split_once('"')
+        .and_then(|(_, rest)| rest.strip_suffix('"'))
+        .unwrap_or(value)
 }
 
 fn failure(status: StatusCode, body: &[u8]) -> ApiFailure {

@@ -8,10 +8,10 @@ use cellfleet_api::{
 };
 
 use super::extract::{ApiJson, Auth};
-use super::{ApiError, AppState, parse_id};
+use super::{ApiError, AppState, parse_id, warning_headers};
 use crate::auth::Action;
 
-/// Applies manifest files (multi-document YAML of kinds Region, Cell, Tenant).
+/// Applies manifest files (multi-document YAML of kinds Region, Cell, Tenant, Release).
 #[utoipa::path(post, path = "/v1/apply", tag = "fleet", request_body = ApplyRequest,
     security(("bearer" = [])),
     responses(
@@ -23,13 +23,24 @@ pub async fn apply(
     State(state): State<AppState>,
     auth: Auth,
     ApiJson(req): ApiJson<ApplyRequest>,
-) -> Result<Json<ApplyResponse>, ApiError> {
+) -> Result<(axum::http::HeaderMap, Json<ApplyResponse>), ApiError> {
     let caller = auth.require_any(&[Action::ManageInfrastructure, Action::ManageTenants])?;
-    Ok(Json(
-        state
-            .registry
-            .apply(&caller, auth.principal.role, &req.files, req.dry_run)
-            .await?,
+    let response = state
+        .registry
+        .apply(&caller, auth.principal.role, &req.files, req.dry_run)
+        .await?;
+    let warnings: Vec<String> = response
+        .results
+        .iter()
+        .flat_map(|r| {
+            r.warnings
+                .iter()
+                .map(move |w| format!("{} {}: {w}", r.kind, r.name))
+        })
+        .collect();
+    Ok((
+        warning_headers(warnings.iter().map(String::as_str)),
+        Json(response),
     ))
 }
 

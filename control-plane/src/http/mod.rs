@@ -109,6 +109,28 @@ where
         .map_err(|e: T::Err| ApiError::BadRequest(format!("invalid {what} {s:?}: {e}")))
 }
 
+/// `Warning` headers (RFC 9111 §5.5 syntax, code 299, as Kubernetes sends them) for what a
+/// mutation accepted but probably was not meant; the CLI prints them on stderr.
+fn warning_headers<'a>(warnings: impl IntoIterator<Item = &'a str>) -> axum::http::HeaderMap {
+    let mut headers = axum::http::HeaderMap::new();
+    for w in warnings {
+        // A quoted-string of printable ASCII: anything else is replaced.
+        let text: String = w
+            .chars()
+            .map(|c| match c {
+                '"' => '\'',
+                '\\' => '/',
+                c if c.is_ascii() && !c.is_ascii_control() => c,
+                _ => '?',
+            })
+            .collect();
+        if let Ok(v) = axum::http::HeaderValue::from_str(&format!("299 cellfleet \"{text}\"")) {
+            headers.append(axum::http::header::WARNING, v);
+        }
+    }
+    headers
+}
+
 /// The `timeout` of a long-poll (`30s` when absent; the service caps it).
 fn long_poll_wait(timeout: Option<&str>) -> Result<std::time::Duration, ApiError> {
     match timeout {

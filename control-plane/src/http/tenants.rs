@@ -9,7 +9,7 @@ use cellfleet_api::{
 use serde::Deserialize;
 
 use super::extract::{ApiJson, ApiQuery, Auth, OptionalJson};
-use super::{ApiError, AppState, parse_id};
+use super::{ApiError, AppState, parse_id, warning_headers};
 use crate::auth::Action;
 use crate::lifecycle::Transition;
 
@@ -50,13 +50,24 @@ pub async fn create(
     State(state): State<AppState>,
     auth: Auth,
     ApiJson(req): ApiJson<CreateTenantRequest>,
-) -> Result<(axum::http::StatusCode, Json<TenantView>), ApiError> {
+) -> Result<
+    (
+        axum::http::StatusCode,
+        axum::http::HeaderMap,
+        Json<TenantView>,
+    ),
+    ApiError,
+> {
     let caller = auth.require(Action::ManageTenants)?;
-    let view = state
+    let (view, warnings) = state
         .registry
         .create_tenant(&caller, &req.id, &req.spec)
         .await?;
-    Ok((axum::http::StatusCode::CREATED, Json(view)))
+    Ok((
+        axum::http::StatusCode::CREATED,
+        warning_headers(warnings.iter().map(String::as_str)),
+        Json(view),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/tenants/{id}", tag = "tenants", security(("bearer" = [])),

@@ -12,7 +12,7 @@
 //! keeps its profile, its environments and a residency that still allows where it is. Those need
 //! a planned move (SPEC §9).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use cellfleet_api::{
     ApplyOutcome, ApplyResponse, ApplyResult, CellName, CellSpec, CellState, ManifestFile,
@@ -41,6 +41,7 @@ impl Registry {
             let action = match doc.object {
                 Object::Region { .. } | Object::Cell { .. } => Action::ManageInfrastructure,
                 Object::Tenant { .. } => Action::ManageTenants,
+                Object::Release { .. } => Action::ManageInfrastructure,
             };
             if !allows(role, action) {
                 return Err(Error::Forbidden(format!(
@@ -53,17 +54,18 @@ impl Registry {
                 )));
             }
         }
-        // Regions, then cells, then tenants; stable within a kind.
+        // Regions, then cells, releases and tenants; stable within a kind.
         docs.sort_by_key(|d| match d.object {
             Object::Region { .. } => 0,
             Object::Cell { .. } => 1,
-            Object::Tenant { .. } => 2,
+            Object::Release { .. } => 2,
+            Object::Tenant { .. } => 3,
         });
 
         let mut tx = self.store.begin(caller).await?;
         let mut results = Vec::with_capacity(docs.len());
-        // Region names, read once the regions of this apply are written (tenants reference them).
-        let mut regions: Option<HashSet<RegionName>> = None;
+        // Regions, read once the regions of this apply are written (tenants reference them).
+        let mut regions: Option<HashMap<RegionName, String>> = None;
         for doc in &docs {
             let result = match &doc.object {
                 Object::Region { name, spec } => {
@@ -72,10 +74,14 @@ impl Registry {
                 Object::Cell { name, labels, spec } => {
                     apply_cell(&mut tx, &doc.origin, name, labels, spec).await?
                 }
+                Object::Release { version, spec } => {
+                    super::releases::apply_release(&mut tx, Some(&doc.origin), version, spec)
+                        .await?
+                }
                 Object::Tenant { name, spec } => {
                     let known = match regions.take() {
                         Some(known) => known,
-                        None => region_names(&mut tx).await?,
+                        None => region_jurisdictions(&mut tx).await?,
                     };
                     let result =
                         apply_tenant(&mut tx, &doc.origin, &known, name, spec, false).await?;
@@ -87,9 +93,9 @@ impl Registry {
         }
         // New room (a region or cell changed) may fit any waiting tenant; otherwise only the
         // tenants this apply touched can have become placeable.
-        let infrastructure_changed = results
-            .iter()
-            .any(|r| r.kind != "Tenant" && r.outcome != ApplyOutcome::Unchanged);
+        let infrastructure_changed = results.iter().any(|r| {
+            matches!(r.kind.as_str(), "Region" | "Cell") && r.outcome != ApplyOutcome::Unchanged
+        });
         let touched: Vec<TenantId> = results
             .iter()
             .filter(|r| r.kind == "Tenant" && r.outcome != ApplyOutcome::Unchanged)
@@ -156,7 +162,7 @@ fn to_value<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
-fn result(
+pub(super) fn result(
     kind: &str,
     name: &str,
     outcome: ApplyOutcome,
@@ -167,6 +173,7 @@ fn result(
         name: name.to_owned(),
         outcome,
         changes,
+        warnings: Vec::new(),
     }
 }
 
@@ -337,28 +344,34 @@ fn refuse_cell_change(origin: &Origin, old: &CellRow, new: &CellSpec) -> Result<
     Ok(())
 }
 
-/// Every region's name.
-pub(super) async fn region_names(tx: &mut Tx) -> Result<HashSet<RegionName>> {
+/// Every region, with its jurisdiction.
+pub(super) async fn region_jurisdictions(tx: &mut Tx) -> Result<HashMap<RegionName, String>> {
     Ok(store::list_regions(tx.conn())
         .await?
         .into_iter()
-        .map(|r| r.name)
+        .map(|r| (r.name, r.spec.jurisdiction))
         .collect())
 }
 
-/// Creates or updates a tenant from its spec (placement happens afterwards, for every pending
-/// tenant at once). `regions` are the regions that exist. With `must_be_new`, an existing tenant
-/// is a conflict (`tenant create`).
-pub(super) async fn apply_tenant(
-    tx: &mut Tx,
+/// Checks a tenant's residency against the regions that exist: every named region must exist,
+/// and the rule must allow at least one region (a tenant that can never be placed is refused).
+/// Returns warnings for what is allowed but probably not meant: an allowed region outside the
+/// jurisdiction (never used), a preferred region the rule does not allow (only its location
+/// counts, to rank the allowed regions by distance).
+fn check_residency(
     origin: &Origin,
-    regions: &HashSet<RegionName>,
-    name: &TenantId,
-    spec: &TenantSpec,
-    must_be_new: bool,
-) -> Result<ApplyResult> {
-    for (i, region) in spec.residency.allowed_regions.iter().flatten().enumerate() {
-        if !regions.contains(region) {
+    regions: &HashMap<RegionName, String>,
+    residency: &cellfleet_api::Residency,
+) -> Result<Vec<String>> {
+    let mut warnings = Vec::new();
+    let in_jurisdiction = |r: &RegionName| {
+        residency
+            .jurisdiction
+            .as_ref()
+            .is_none_or(|j| regions.get(r) == Some(j))
+    };
+    for (i, region) in residency.allowed_regions.iter().flatten().enumerate() {
+        if !regions.contains_key(region) {
             return Err(origin
                 .error(
                     format!("spec.residency.allowedRegions[{i}]"),
@@ -366,9 +379,16 @@ pub(super) async fn apply_tenant(
                 )
                 .into());
         }
+        if !in_jurisdiction(region)
+            && let Some(j) = &residency.jurisdiction
+        {
+            warnings.push(format!(
+                "spec.residency.allowedRegions[{i}]: {region} is not in jurisdiction {j}, so it is never used"
+            ));
+        }
     }
-    if let Some(p) = &spec.residency.preferred_region
-        && !regions.contains(p)
+    if let Some(p) = &residency.preferred_region
+        && !regions.contains_key(p)
     {
         return Err(origin
             .error(
@@ -377,6 +397,46 @@ pub(super) async fn apply_tenant(
             )
             .into());
     }
+    let allowed: Vec<&RegionName> = match &residency.allowed_regions {
+        Some(list) => list.iter().filter(|r| in_jurisdiction(r)).collect(),
+        None => regions.keys().filter(|r| in_jurisdiction(r)).collect(),
+    };
+    match (&residency.allowed_regions, &residency.jurisdiction) {
+        (Some(list), Some(j)) if allowed.is_empty() => {
+            return Err(origin
+                .error(
+                    "spec.residency",
+                    format!(
+                        "none of allowedRegions [{}] is in jurisdiction {j}: the tenant could never be placed",
+                        list.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                )
+                .into());
+        }
+        _ => {}
+    }
+    if let Some(p) = &residency.preferred_region
+        && !allowed.contains(&p)
+    {
+        warnings.push(format!(
+            "spec.residency.preferredRegion: {p} is not allowed by the residency rule; the tenant is placed in the allowed region closest to it instead"
+        ));
+    }
+    Ok(warnings)
+}
+
+/// Creates or updates a tenant from its spec (placement happens afterwards, for every pending
+/// tenant at once). `regions` are the regions that exist. With `must_be_new`, an existing tenant
+/// is a conflict (`tenant create`).
+pub(super) async fn apply_tenant(
+    tx: &mut Tx,
+    origin: &Origin,
+    regions: &HashMap<RegionName, String>,
+    name: &TenantId,
+    spec: &TenantSpec,
+    must_be_new: bool,
+) -> Result<ApplyResult> {
+    let warnings = check_residency(origin, regions, &spec.residency)?;
     let existing = store::get_tenant(tx.conn(), name).await?;
     let changes = diff(
         "spec",
@@ -412,12 +472,10 @@ pub(super) async fn apply_tenant(
                 .into());
         }
         Some(_) if changes.is_empty() => {
-            return Ok(result(
-                "Tenant",
-                name.as_str(),
-                ApplyOutcome::Unchanged,
-                changes,
-            ));
+            return Ok(ApplyResult {
+                warnings,
+                ..result("Tenant", name.as_str(), ApplyOutcome::Unchanged, changes)
+            });
         }
         Some(t) => {
             refuse_tenant_change(tx, origin, &t, spec).await?;
@@ -446,7 +504,10 @@ pub(super) async fn apply_tenant(
         &target(&row),
         json!({ "spec": spec, "changes": changes }),
     );
-    Ok(result("Tenant", name.as_str(), outcome, changes))
+    Ok(ApplyResult {
+        warnings,
+        ..result("Tenant", name.as_str(), outcome, changes)
+    })
 }
 
 async fn refuse_tenant_change(

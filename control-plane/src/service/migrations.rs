@@ -1,9 +1,11 @@
 //! The fleet-wide, append-only stream of cell-database migrations (SPEC §2, §7).
 //!
-//! Files are named `V{version}__{name}.{expand|contract}.sql`. Adding the same file again is a
-//! no-op; a different text (checksum) for a version already in the stream, or a version below the
-//! newest, is refused: the stream only grows at its end, so every cell applies the same SQL in the
-//! same order. Adding migrations changes every cell's desired state.
+//! Files are named `V{version}__{name}.{expand|contract}.sql` — a bare file name: a path (`../V9__x…`)
+//! is refused rather than stripped, since a stray file from elsewhere would take a version for
+//! good. Adding the same file again is a no-op; a different text (checksum) for a version already
+//! in the stream, a version below the newest, or one that skips versions is refused: the stream
+//! only grows by the next version at its end, so every cell applies the same SQL in the same order
+//! and no version number is lost to a typo. Adding migrations changes every cell's desired state.
 
 use cellfleet_api::{Migration, MigrationAdded, MigrationFile, Phase};
 use serde_json::json;
@@ -18,8 +20,13 @@ const MAX_SQL_BYTES: usize = 1024 * 1024;
 /// Parses `V{version}__{name}.{phase}.sql` and its text.
 pub fn parse_file(file: &MigrationFile) -> Result<Migration> {
     let bad = |why: &str| Error::Invalid(format!("{}: {why}", file.name));
-    let base = file.name.rsplit('/').next().unwrap_or(&file.name);
-    let stem = base
+    if file.name.contains(['/', '\\']) || file.name.starts_with('.') {
+        return Err(bad(
+            "a migration is named by its bare file name (V{version}__{name}.{expand|contract}.sql), without a path",
+        ));
+    }
+    let stem = file
+        .name
         .strip_suffix(".sql")
         .ok_or_else(|| bad("a migration file name ends in .sql"))?;
     let (rest, phase) = stem
@@ -104,6 +111,20 @@ impl Registry {
                     m.version, m.name
                 )));
             }
+            if m.version > newest + 1 {
+                return Err(Error::Conflict(format!(
+                    "V{} ({}) would skip V{}{}: the stream grows by the next version, V{}",
+                    m.version,
+                    m.name,
+                    newest + 1,
+                    if m.version > newest + 2 {
+                        format!("–V{}", m.version - 1)
+                    } else {
+                        String::new()
+                    },
+                    newest + 1
+                )));
+            }
             let now = tx.now;
             store::insert_migration(tx.conn(), m, now).await?;
             tx.audit(
@@ -144,7 +165,7 @@ mod tests {
     #[test]
     fn file_names_carry_version_name_and_phase() {
         let m = parse_file(&file(
-            "migrations/V3__add_notes.expand.sql",
+            "V3__add_notes.expand.sql",
             "CREATE TABLE notes (id INT);",
         ))
         .unwrap();
@@ -160,6 +181,9 @@ mod tests {
             ("V3__x.later.sql", "unknown phase"),
             ("3__x.expand.sql", "expected V{version}__{name}"),
             ("V3__x.expand.txt", "ends in .sql"),
+            ("../../V9__x.expand.sql", "without a path"),
+            ("migrations/V3__x.expand.sql", "without a path"),
+            ("..\\V3__x.expand.sql", "without a path"),
         ] {
             let err = parse_file(&file(name, "SELECT 1;"))
                 .unwrap_err()

@@ -9,10 +9,12 @@ use crate::lifecycle::{Transition, next_state};
 use crate::placement::{Decision, Fleet, NoRoom, Policy};
 use crate::store::{self, PlacementRow, TenantRow, Tx};
 
-/// Places every environment of `tenant` that has no placement yet: all of them or none (a tenant
-/// is never half-placed by one decision). When one does not fit, the tenant keeps its state and
-/// the reason is recorded on it (`draft` tenants show it in `tenant get` and `tenant explain`).
-/// `fleet` is updated with the new loads so later decisions in the same mutation see them.
+/// Places every environment of `tenant` that has no placement yet, each on its own: an
+/// environment with room is placed even while another waits (a `dev` without a cell must not
+/// keep `prod` from serving). A tenant becomes `active` with its first placement; environments
+/// still waiting keep it `pending`, with the reason per environment on the tenant (`tenant get`,
+/// `tenant explain`). `fleet` is updated with the new loads so later decisions in the same
+/// mutation see them.
 pub(super) async fn place_tenant(
     tx: &mut Tx,
     fleet: &mut Fleet,
@@ -41,13 +43,24 @@ pub(super) async fn place_tenant(
             &tenant.spec.residency,
             env,
         ) {
-            Ok(d) => decisions.push((env.clone(), d)),
+            Ok(d) => {
+                // Count the load now: the next environment's decision must see it.
+                fleet.assign(&d.cell);
+                decisions.push((env.clone(), d));
+            }
             Err(NoRoom(reason)) => refusals.push(format!("env {env}: {reason}")),
         }
     }
-    if !refusals.is_empty() {
-        let reason = refusals.join("; ");
-        if tenant.state_reason.as_deref() != Some(reason.as_str()) {
+    // Give the loads back: each decision is explained and assigned again below, in order.
+    for (_, d) in &decisions {
+        fleet.unassign(&d.cell);
+    }
+    // Why environments wait (`env dev: no ready pooled cell…`), shown on the tenant.
+    let waiting = (!refusals.is_empty()).then(|| refusals.join("; "));
+    if decisions.is_empty() {
+        if let Some(reason) = waiting
+            && tenant.state_reason.as_deref() != Some(reason.as_str())
+        {
             tenant.state_reason = Some(reason.clone());
             tenant.updated_at = tx.now;
             store::put_tenant(tx.conn(), tenant).await?;
@@ -94,13 +107,13 @@ pub(super) async fn place_tenant(
         });
     }
     let was = tenant.state;
-    tenant.pending = false;
+    tenant.pending = waiting.is_some();
     if was == TenantState::Draft {
         tenant.state = next_state(was, Transition::Activate)
             .map_err(|e| super::Error::Conflict(e.to_string()))?;
     }
-    // Always written: `pending` changed at least.
-    tenant.state_reason = None;
+    // Always written: the placements changed, and with them `pending` or the reason.
+    tenant.state_reason = waiting.clone();
     tenant.updated_at = tx.now;
     store::put_tenant(tx.conn(), tenant).await?;
     let action = if was == TenantState::Draft {
@@ -111,7 +124,7 @@ pub(super) async fn place_tenant(
     tx.audit(
         action,
         &target(tenant),
-        json!({ "from": was, "to": tenant.state }),
+        json!({ "from": was, "to": tenant.state, "waiting": waiting }),
     );
     Ok(out)
 }

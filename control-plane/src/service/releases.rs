@@ -4,12 +4,13 @@
 //! them in waves with gates. Either way the cell's desired state carries the release, so its agent
 //! deploys it.
 
-use cellfleet_api::{CellName, ManifestFile, ReleaseView};
+use cellfleet_api::{ApplyOutcome, ApplyResult, CellName, ManifestFile, ReleaseSpec, ReleaseView};
 use serde_json::json;
 
+use super::apply::result;
 use super::{Error, Registry, Result, not_found};
-use crate::manifest::parse_release;
-use crate::store::{self, Caller};
+use crate::manifest::{Origin, parse_release};
+use crate::store::{self, Caller, Tx};
 
 impl Registry {
     /// Registers a release from its manifest. The same manifest again is a no-op; a different one
@@ -21,37 +22,12 @@ impl Registry {
     ) -> Result<(ReleaseView, bool)> {
         let (version, spec) = parse_release(file)?;
         let mut tx = self.store.begin(caller).await?;
-        if let Some(existing) = store::get_release(tx.conn(), &version).await? {
-            if existing.spec == spec {
-                return Ok((existing, false));
-            }
-            return Err(Error::Conflict(format!(
-                "release {version} exists with a different spec; releases are immutable: create a new version"
-            )));
-        }
-        if let Some(needed) = spec.migrations.as_ref().map(|m| m.up_to) {
-            let newest = store::list_migrations(tx.conn())
-                .await?
-                .last()
-                .map_or(0, |m| m.version);
-            if needed > newest {
-                return Err(Error::Invalid(format!(
-                    "release {version} needs migrations up to V{needed}, but the stream ends at V{newest}: add them first"
-                )));
-            }
-        }
-        let now = tx.now;
-        store::insert_release(tx.conn(), &version, &spec, now).await?;
-        tx.audit(
-            "release.create",
-            &format!("release/{version}"),
-            json!({ "spec": spec }),
-        );
+        let applied = apply_release(&mut tx, None, &version, &spec).await?;
         let view = store::get_release(tx.conn(), &version)
             .await?
             .ok_or_else(|| not_found("release", &version))?;
         self.commit(tx).await?;
-        Ok((view, true))
+        Ok((view, applied.outcome == ApplyOutcome::Created))
     }
 
     pub async fn releases(&self) -> Result<Vec<ReleaseView>> {
@@ -95,4 +71,56 @@ impl Registry {
         self.commit(tx).await?;
         Ok(changed)
     }
+}
+
+/// Stores a release inside a mutation (`release create`, or a `Release` document of an apply,
+/// whose `origin` then prefixes errors). The same spec again is `unchanged`; another spec for an
+/// existing version is refused; the migrations it needs must be in the stream already.
+pub(super) async fn apply_release(
+    tx: &mut Tx,
+    origin: Option<&Origin>,
+    version: &str,
+    spec: &ReleaseSpec,
+) -> Result<ApplyResult> {
+    let at = |message: String| match origin {
+        Some(o) => format!("{}: document {}: {message}", o.file, o.document),
+        None => message,
+    };
+    if let Some(existing) = store::get_release(tx.conn(), version).await? {
+        if existing.spec == *spec {
+            return Ok(result(
+                "Release",
+                version,
+                ApplyOutcome::Unchanged,
+                Vec::new(),
+            ));
+        }
+        return Err(Error::Conflict(at(format!(
+            "release {version} exists with a different spec; releases are immutable: create a new version"
+        ))));
+    }
+    if let Some(needed) = spec.migrations.as_ref().map(|m| m.up_to) {
+        let newest = store::list_migrations(tx.conn())
+            .await?
+            .last()
+            .map_or(0, |m| m.version);
+        if needed > newest {
+            return Err(Error::Invalid(at(format!(
+                "release {version} needs migrations up to V{needed}, but the stream ends at V{newest}: add them first"
+            ))));
+        }
+    }
+    let now = tx.now;
+    store::insert_release(tx.conn(), version, spec, now).await?;
+    tx.audit(
+        "release.create",
+        &format!("release/{version}"),
+        json!({ "spec": spec }),
+    );
+    Ok(result(
+        "Release",
+        version,
+        ApplyOutcome::Created,
+        Vec::new(),
+    ))
 }

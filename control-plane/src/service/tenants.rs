@@ -6,7 +6,7 @@ use cellfleet_api::{
 };
 use serde_json::json;
 
-use super::apply::{apply_tenant, region_names};
+use super::apply::{apply_tenant, region_jurisdictions};
 use super::placing::target;
 use super::views::tenant_view;
 use super::{Error, Registry, Result, not_found};
@@ -17,27 +17,27 @@ use crate::store::{self, Caller, TenantRow, Tx};
 
 impl Registry {
     /// Creates a tenant and places it (or leaves it `draft` with the reason). Refuses an id that
-    /// exists or existed.
+    /// exists or existed. Returns the tenant and warnings about its spec (see `apply`).
     pub async fn create_tenant(
         &self,
         caller: &Caller,
         id: &TenantId,
         spec: &TenantSpec,
-    ) -> Result<TenantView> {
+    ) -> Result<(TenantView, Vec<String>)> {
         let origin = Origin {
             file: "request".to_owned(),
             document: 1,
         };
         validate_tenant(&origin, spec)?;
         let mut tx = self.store.begin(caller).await?;
-        let regions = region_names(&mut tx).await?;
+        let regions = region_jurisdictions(&mut tx).await?;
         let created = apply_tenant(&mut tx, &origin, &regions, id, spec, true).await?;
         debug_assert_eq!(created.outcome, ApplyOutcome::Created);
         self.place_pending(&mut tx, Some(std::slice::from_ref(id)))
             .await?;
         let view = self.tenant_in(&mut tx, id).await?;
         self.commit(tx).await?;
-        Ok(view)
+        Ok((view, created.warnings))
     }
 
     pub async fn tenant(&self, id: &TenantId) -> Result<TenantView> {
