@@ -206,6 +206,57 @@ pub struct TenantHealth {
     pub latency_p99_ms: Option<f64>,
 }
 
+/// What the agent's supervised workload process is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkloadState {
+    /// Started, not yet healthy.
+    Starting,
+    /// Healthy: the endpoint answers with the instance the agent started, at its release.
+    Running,
+    /// Exited (or never became healthy); the agent restarts it after a backoff.
+    Restarting,
+    /// Exited again and again (see [`CRASH_LOOP_EXITS`] in [`CRASH_LOOP_WINDOW_SECS`]); still
+    /// restarted, with the longest backoff.
+    CrashLoop,
+    /// Nothing runs (no release deployed to the cell yet).
+    Stopped,
+}
+
+/// Exits within [`CRASH_LOOP_WINDOW_SECS`] that make a crash loop.
+pub const CRASH_LOOP_EXITS: u32 = 3;
+/// The window crash-loop exits are counted in.
+pub const CRASH_LOOP_WINDOW_SECS: u64 = 300;
+
+/// How a workload process ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadExit {
+    pub at: DateTime<Utc>,
+    /// `exit status: 1`, `signal: 9 (SIGKILL)`, or why it was not healthy.
+    pub status: String,
+    /// The last line the process wrote on stderr, if any.
+    pub message: Option<String>,
+}
+
+/// The workload as the agent supervises it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadStatus {
+    pub state: WorkloadState,
+    /// The release of the process that runs (or was last started).
+    pub release: Option<String>,
+    /// The nonce the running process was started with (see the workload contract).
+    pub instance: Option<String>,
+    /// Restarts after exits since the agent started.
+    pub restarts: u32,
+    /// Exits within the crash-loop window.
+    pub recent_exits: u32,
+    pub last_exit: Option<WorkloadExit>,
+    /// The desired-state generation of the tenant set the workload acknowledged.
+    pub tenants_generation: Option<i64>,
+}
+
 /// What an agent reports after each reconcile.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -226,10 +277,178 @@ pub struct AgentReport {
     /// What stops the reconcile, if anything (one line each).
     #[serde(default)]
     pub errors: Vec<String>,
-    /// Tables of a pooled cell's database without a `tenant_id` column, which row-level security
-    /// cannot isolate.
+    /// Isolation problems, one line each: tables of a pooled cell's database without a
+    /// `tenant_id` column (row-level security cannot scope them), rows of tenants not placed on
+    /// the cell.
     #[serde(default)]
     pub isolation_drift: Vec<String>,
+    /// The workload process (none from agents that run no workload yet).
+    #[serde(default)]
+    pub workload: Option<WorkloadStatus>,
+    /// Rows in the cell database of tenants that are not placed on the cell (keys as stored).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub stray_rows: BTreeMap<String, i64>,
+}
+
+/// Bounds on what a report may carry: a report is input from the network.
+pub mod report_limits {
+    pub const ERRORS: usize = 100;
+    pub const ERROR_BYTES: usize = 2000;
+    pub const DRIFT: usize = 1000;
+    pub const DRIFT_BYTES: usize = 500;
+    pub const MIGRATIONS: usize = 100_000;
+    pub const TENANT_ROWS: usize = 100_000;
+    pub const STRAY_ROWS: usize = 1000;
+    pub const STRAY_KEY_BYTES: usize = 128;
+    pub const RELEASE_BYTES: usize = 64;
+    pub const TEXT_BYTES: usize = 1000;
+    pub const BUSIEST: usize = 5;
+}
+
+fn valid_release(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= report_limits::RELEASE_BYTES
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+'))
+}
+
+fn non_negative(field: &str, v: Option<f64>) -> Result<(), String> {
+    match v {
+        Some(x) if !(x.is_finite() && x >= 0.0) => {
+            Err(format!("{field}: {x} is not a non-negative number"))
+        }
+        _ => Ok(()),
+    }
+}
+
+impl AgentReport {
+    /// Checks every field against its bounds; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        use report_limits as l;
+        if self.observed_generation < 0 {
+            return Err(format!(
+                "observedGeneration: {} is not a generation",
+                self.observed_generation
+            ));
+        }
+        if let Some(r) = &self.release
+            && !valid_release(r)
+        {
+            return Err(format!(
+                "release: not a release version (1–{} of [0-9A-Za-z.+-])",
+                l::RELEASE_BYTES
+            ));
+        }
+        if self.migrations.len() > l::MIGRATIONS {
+            return Err(format!("migrations: at most {} entries", l::MIGRATIONS));
+        }
+        for (i, m) in self.migrations.iter().enumerate() {
+            if m.version < 1 {
+                return Err(format!(
+                    "migrations[{i}].version: {} is not a migration version",
+                    m.version
+                ));
+            }
+            if m.checksum.len() != 64 || !m.checksum.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "migrations[{i}].checksum: not a SHA-256 (64 hex digits)"
+                ));
+            }
+        }
+        if let Some(h) = &self.health {
+            if h.errors > h.requests {
+                return Err("health.errors: more errors than requests".into());
+            }
+            non_negative("health.latencyP50Ms", h.latency_p50_ms)?;
+            non_negative("health.latencyP99Ms", h.latency_p99_ms)?;
+            if h.busiest.len() > l::BUSIEST {
+                return Err(format!("health.busiest: at most {} tenants", l::BUSIEST));
+            }
+            for (i, t) in h.busiest.iter().enumerate() {
+                if t.tenant.len() > 63 || t.errors > t.requests {
+                    return Err(format!(
+                        "health.busiest[{i}]: a tenant label of at most 63 bytes, errors ≤ requests"
+                    ));
+                }
+                non_negative(
+                    &format!("health.busiest[{i}].latencyP50Ms"),
+                    t.latency_p50_ms,
+                )?;
+                non_negative(
+                    &format!("health.busiest[{i}].latencyP99Ms"),
+                    t.latency_p99_ms,
+                )?;
+            }
+        }
+        if self.tenant_rows.len() > l::TENANT_ROWS {
+            return Err(format!("tenantRows: at most {} tenants", l::TENANT_ROWS));
+        }
+        for (tenant, rows) in &self.tenant_rows {
+            if let Err(e) = crate::ids::validate_dns_label(tenant) {
+                return Err(format!("tenantRows: {tenant:?} is not a tenant id: {e}"));
+            }
+            if *rows < 0 {
+                return Err(format!("tenantRows.{tenant}: {rows} is not a row count"));
+            }
+        }
+        if self.stray_rows.len() > l::STRAY_ROWS {
+            return Err(format!("strayRows: at most {} entries", l::STRAY_ROWS));
+        }
+        for (key, rows) in &self.stray_rows {
+            if key.len() > l::STRAY_KEY_BYTES {
+                return Err(format!(
+                    "strayRows: keys are at most {} bytes",
+                    l::STRAY_KEY_BYTES
+                ));
+            }
+            if *rows < 0 {
+                return Err(format!("strayRows.{key}: {rows} is not a row count"));
+            }
+        }
+        if self.errors.len() > l::ERRORS || self.errors.iter().any(|e| e.len() > l::ERROR_BYTES) {
+            return Err(format!(
+                "errors: at most {} entries of at most {} bytes",
+                l::ERRORS,
+                l::ERROR_BYTES
+            ));
+        }
+        if self.isolation_drift.len() > l::DRIFT
+            || self
+                .isolation_drift
+                .iter()
+                .any(|e| e.len() > l::DRIFT_BYTES)
+        {
+            return Err(format!(
+                "isolationDrift: at most {} entries of at most {} bytes",
+                l::DRIFT,
+                l::DRIFT_BYTES
+            ));
+        }
+        if let Some(w) = &self.workload {
+            if let Some(r) = &w.release
+                && !valid_release(r)
+            {
+                return Err("workload.release: not a release version".into());
+            }
+            if w.instance.as_ref().is_some_and(|i| i.len() > 64) {
+                return Err("workload.instance: at most 64 bytes".into());
+            }
+            if w.tenants_generation.is_some_and(|g| g < 0) {
+                return Err("workload.tenantsGeneration: not a generation".into());
+            }
+            if let Some(e) = &w.last_exit
+                && (e.status.len() > l::TEXT_BYTES
+                    || e.message.as_ref().is_some_and(|m| m.len() > l::TEXT_BYTES))
+            {
+                return Err(format!(
+                    "workload.lastExit: status and message of at most {} bytes",
+                    l::TEXT_BYTES
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The last report of a cell, as the control plane stored it.

@@ -9,10 +9,12 @@
 pub mod agent;
 pub mod ids;
 pub mod model;
+pub mod workload;
 
 pub use agent::*;
 pub use ids::{CellName, Env, Generation, IdError, RegionName, TenantId};
 pub use model::*;
+pub use workload::{CellTenant, CellTenants, WorkloadHealth};
 
 /// The `apiVersion` every manifest document must carry.
 pub const API_VERSION: &str = "cellfleet.io/v1";

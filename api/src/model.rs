@@ -280,6 +280,11 @@ pub struct CellView {
     /// Rows per tenant in the cell database, as last reported.
     #[schema(value_type = Object)]
     pub tenant_rows: BTreeMap<String, i64>,
+    /// The workload process as its agent last reported it.
+    pub workload: Option<crate::agent::WorkloadStatus>,
+    /// Rows of tenants not placed on the cell, as last reported (isolation drift).
+    #[schema(value_type = Object)]
+    pub stray_rows: BTreeMap<String, i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -498,6 +503,10 @@ pub struct ApplyResult {
     pub name: String,
     pub outcome: ApplyOutcome,
     pub changes: Vec<FieldChange>,
+    /// What is accepted but probably not meant (`FIELD.PATH: why`), also sent as `Warning`
+    /// headers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -209,8 +209,11 @@ impl CellDb {
             .fetch_all(&self.pool)
             .await?;
             for r in counts {
-                *rows.entry(r.try_get::<String, _>("tenant")?).or_default() +=
-                    r.try_get::<i64, _>("n")?;
+                // A NULL tenant_id belongs to no tenant: counted under a key no tenant can have.
+                let tenant = r
+                    .try_get::<Option<String>, _>("tenant")?
+                    .unwrap_or_else(|| "(null)".to_owned());
+                *rows.entry(tenant).or_default() += r.try_get::<i64, _>("n")?;
             }
         }
         Ok(rows)

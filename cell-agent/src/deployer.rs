@@ -1,16 +1,34 @@
 //! Running the cell's workload at the desired release.
 //!
-//! [`Deployer`] is the seam: the agent asks it to make a release run and asks what runs.
-//! [`LocalProcess`] (the `local` provider) runs the release's artifact as a supervised child
-//! process: restarted with exponential backoff when it exits, replaced when the release changes,
-//! and — when a new release does not become healthy — replaced by the last release that did
-//! (rollback), with the failure reported. Other deployers (a command hook, a container runtime)
-//! implement the same trait.
+//! [`Deployer`] is the seam: the agent asks it to make a release run, to hand the workload its
+//! tenant set, and what runs. [`LocalProcess`] (the `local` provider) runs the release's artifact
+//! as a supervised child process.
+//!
+//! **Health is the workload's own.** Every process gets a fresh random instance nonce
+//! (`WORKLOAD_INSTANCE`); it is healthy only while its endpoint's `/healthz` answers with that
+//! nonce at the deployed release. Another process holding the port (a stale workload, anything)
+//! does not pass for it, and a workload that cannot bind is seen to exit. The check runs at start
+//! and on every pass; three failed passes in a row restart the process.
+//!
+//! **Crashes are reported, not hidden.** Exits are counted (restarts since the agent started,
+//! exits in the last five minutes), the last one is kept with the last line the process wrote on
+//! stderr, and a crash loop is an error in every report until the process stays up. Restarts back
+//! off exponentially (up to 30 s); the backoff resets once a process has stayed healthy a minute.
+//!
+//! **Rollback.** A *new* release that does not become healthy is replaced by the last release
+//! that did, and not retried until the desired release changes (no flapping). The release that
+//! was running fine and then crashes is restarted, not abandoned.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cellfleet_api::DesiredRelease;
+use cellfleet_api::{
+    CRASH_LOOP_EXITS, CRASH_LOOP_WINDOW_SECS, CellTenants, DesiredRelease, WorkloadExit,
+    WorkloadHealth, WorkloadState, WorkloadStatus,
+};
+use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 
 /// What a workload needs besides its release.
@@ -32,21 +50,55 @@ pub trait Deployer {
         ctx: &WorkloadContext,
     ) -> impl std::future::Future<Output = Result<(), String>> + Send;
 
+    /// Hands the running workload the tenants it may serve (no-op when it already has this
+    /// generation). `Err` is one line for the agent's report.
+    fn hand_tenants(
+        &mut self,
+        tenants: &CellTenants,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+
     /// The release running and healthy now.
     fn running(&self) -> Option<&str>;
+
+    /// The workload as supervised, for the report.
+    fn status(&self) -> WorkloadStatus;
+
+    /// When the deployer wants the next pass even if nothing else happens (a restart due).
+    fn wake_at(&self) -> Option<Instant>;
 
     /// Resolves when the workload process exits (so the agent can react at once).
     fn exited(&mut self) -> impl std::future::Future<Output = ()> + Send;
 }
 
-/// How long a new release has to answer `/healthz`.
+/// How long a new process has to answer `/healthz` as itself.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(15);
+/// A process that stayed healthy this long resets the restart backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// Failed liveness checks in a row before a running process is restarted.
+const LIVENESS_FAILURES: u32 = 3;
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
 struct Running {
     release: DesiredRelease,
     ctx: WorkloadContext,
     child: Child,
+    instance: String,
+    control_token: String,
+    healthy_since: Instant,
+    stderr: StderrTail,
+    failed_checks: u32,
+}
+
+/// The last line a workload wrote on stderr (each line is also copied to the agent's stderr).
+#[derive(Debug, Clone, Default)]
+struct StderrTail(Arc<Mutex<Option<String>>>);
+
+impl StderrTail {
+    fn last(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|l| l.clone())
+    }
 }
 
 /// Runs releases as local child processes.
@@ -60,12 +112,19 @@ pub struct LocalProcess {
     running: Option<Running>,
     /// The newest release that became healthy.
     last_good: Option<DesiredRelease>,
-    /// A release that did not become healthy, and why: not retried (no flapping between it and
-    /// the rollback) until the desired release changes.
+    /// A new release that did not become healthy, and why: not retried (no flapping between it
+    /// and the rollback) until the desired release changes.
     failed: Option<(DesiredRelease, String)>,
-    /// Restart backoff after crashes.
+    /// The release last started (healthy or not), for the report.
+    attempted: Option<String>,
+    state: WorkloadState,
     backoff: Duration,
     not_before: Option<Instant>,
+    restarts: u32,
+    exits: VecDeque<Instant>,
+    last_exit: Option<WorkloadExit>,
+    /// `(instance, generation)` of the tenant set the running workload acknowledged.
+    tenants_handed: Option<(String, i64)>,
     http: reqwest::Client,
 }
 
@@ -78,8 +137,14 @@ impl LocalProcess {
             running: None,
             last_good: None,
             failed: None,
-            backoff: Duration::from_millis(250),
+            attempted: None,
+            state: WorkloadState::Stopped,
+            backoff: FIRST_BACKOFF,
             not_before: None,
+            restarts: 0,
+            exits: VecDeque::new(),
+            last_exit: None,
+            tenants_handed: None,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
                 .build()
@@ -128,17 +193,47 @@ fn listen_address(endpoint: &str) -> Result<String, String> {
     Ok(format!("{host}:{port}"))
 }
 
+/// 128 random bits as hex: an instance nonce or a control token.
+fn random_hex() -> String {
+    let mut bytes = [0u8; 16];
+    rand::fill(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// What `/healthz` says about a process.
+enum Probe {
+    /// Our process at our release.
+    Ours,
+    /// Something answers, but it is not the process we started.
+    Foreign(String),
+    /// Nothing (usable) answers.
+    Down(String),
+}
+
+/// A child that was spawned but is not known healthy yet.
+struct Started {
+    child: Child,
+    instance: String,
+    control_token: String,
+    stderr: StderrTail,
+}
+
 impl LocalProcess {
-    fn spawn(&self, release: &DesiredRelease, ctx: &WorkloadContext) -> Result<Child, String> {
+    fn spawn(&self, release: &DesiredRelease, ctx: &WorkloadContext) -> Result<Started, String> {
         let a = &release.artifact;
-        let child = Command::new(&a.command)
+        let instance = random_hex();
+        let control_token = random_hex();
+        let mut child = Command::new(&a.command)
             .args(&a.args)
             .envs(&a.env)
             .env("WORKLOAD_LISTEN", listen_address(&ctx.endpoint)?)
             .env("WORKLOAD_DATABASE_URL", &ctx.database_url)
             .env("WORKLOAD_RELEASE", &release.version)
             .env("WORKLOAD_CELL", &ctx.cell)
+            .env("WORKLOAD_INSTANCE", &instance)
+            .env("WORKLOAD_CONTROL_TOKEN", &control_token)
             .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| {
@@ -150,23 +245,85 @@ impl LocalProcess {
         if let Some(pid) = child.id() {
             let _ = std::fs::write(&self.pid_file, format!("{pid}\n{}\n", a.command));
         }
-        Ok(child)
+        let stderr = StderrTail::default();
+        if let Some(pipe) = child.stderr.take() {
+            let tail = stderr.clone();
+            tokio::spawn(async move {
+                let mut lines = tokio::io::BufReader::new(pipe).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    // The workload's log goes where the agent's does.
+                    eprintln!("{line}");
+                    let line = line.trim();
+                    if !line.is_empty()
+                        && let Ok(mut last) = tail.0.lock()
+                    {
+                        *last = Some(line.chars().take(500).collect());
+                    }
+                }
+            });
+        }
+        Ok(Started {
+            child,
+            instance,
+            control_token,
+            stderr,
+        })
     }
 
-    async fn healthy(&self, ctx: &WorkloadContext, child: &mut Child) -> Result<(), String> {
-        let url = format!("{}/healthz", ctx.endpoint.trim_end_matches('/'));
+    async fn probe(&self, endpoint: &str, instance: &str, release: &str) -> Probe {
+        let url = format!("{}/healthz", endpoint.trim_end_matches('/'));
+        let resp = match self.http.get(&url).send().await {
+            Ok(r) => r,
+            Err(e) => return Probe::Down(format!("{url}: {e}")),
+        };
+        let status = resp.status();
+        let health: Option<WorkloadHealth> = resp.json().await.ok();
+        match health {
+            Some(h) if h.instance == instance && h.release == release => {
+                if status.is_success() {
+                    Probe::Ours
+                } else {
+                    Probe::Down(format!("{url} answered {status}"))
+                }
+            }
+            Some(h) => Probe::Foreign(format!(
+                "{url} is answered by another process (instance {}, release {}), not the workload this agent started",
+                h.instance, h.release
+            )),
+            None => Probe::Foreign(format!(
+                "{url} answered {status} without the workload's health document: another process holds the endpoint"
+            )),
+        }
+    }
+
+    /// Waits until `started` answers as itself; on failure the process is gone and the error
+    /// says why (with the last line it wrote on stderr).
+    async fn healthy(
+        &self,
+        release: &DesiredRelease,
+        ctx: &WorkloadContext,
+        started: &mut Started,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + HEALTHY_WITHIN;
         loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("exited ({status}) before it was healthy"));
+            if let Ok(Some(status)) = started.child.try_wait() {
+                // Let the stderr copier catch the last words.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return Err(with_message(
+                    format!("exited ({status}) before it was healthy"),
+                    started.stderr.last(),
+                ));
             }
-            if let Ok(r) = self.http.get(&url).send().await
-                && r.status().is_success()
+            let why = match self
+                .probe(&ctx.endpoint, &started.instance, &release.version)
+                .await
             {
-                return Ok(());
-            }
+                Probe::Ours => return Ok(()),
+                Probe::Foreign(why) | Probe::Down(why) => why,
+            };
             if Instant::now() >= deadline {
-                return Err(format!("not healthy at {url} within {HEALTHY_WITHIN:?}"));
+                let _ = started.child.kill().await;
+                return Err(format!("not healthy within {HEALTHY_WITHIN:?}: {why}"));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -176,6 +333,7 @@ impl LocalProcess {
         if let Some(mut r) = self.running.take() {
             let _ = r.child.kill().await;
         }
+        self.tenants_handed = None;
     }
 
     /// Starts `release` and waits for it to be healthy; on failure the process is gone.
@@ -184,23 +342,181 @@ impl LocalProcess {
         release: &DesiredRelease,
         ctx: &WorkloadContext,
     ) -> Result<(), String> {
-        let mut child = self.spawn(release, ctx)?;
-        match self.healthy(ctx, &mut child).await {
+        self.state = WorkloadState::Starting;
+        self.attempted = Some(release.version.clone());
+        let mut started = self.spawn(release, ctx)?;
+        match self.healthy(release, ctx, &mut started).await {
             Ok(()) => {
-                tracing::info!(release = %release.version, endpoint = %ctx.endpoint, "workload running");
+                tracing::info!(
+                    release = %release.version,
+                    endpoint = %ctx.endpoint,
+                    instance = %started.instance,
+                    "workload running"
+                );
                 self.running = Some(Running {
                     release: release.clone(),
                     ctx: ctx.clone(),
-                    child,
+                    child: started.child,
+                    instance: started.instance,
+                    control_token: started.control_token,
+                    healthy_since: Instant::now(),
+                    stderr: started.stderr,
+                    failed_checks: 0,
                 });
+                self.state = WorkloadState::Running;
                 self.last_good = Some(release.clone());
                 Ok(())
             }
             Err(e) => {
-                let _ = child.kill().await;
-                Err(format!("release {} {e}", release.version))
+                let _ = started.child.kill().await;
+                let why = format!("release {} {e}", release.version);
+                self.record_exit(format!("release {} not healthy", release.version), Some(e));
+                Err(why)
             }
         }
+    }
+
+    /// Counts an exit (or a start that never became healthy) and schedules the next try.
+    fn record_exit(&mut self, status: String, message: Option<String>) {
+        let now = Instant::now();
+        self.exits.push_back(now);
+        while self
+            .exits
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(CRASH_LOOP_WINDOW_SECS))
+        {
+            self.exits.pop_front();
+        }
+        self.last_exit = Some(WorkloadExit {
+            at: chrono::Utc::now(),
+            status,
+            message,
+        });
+        self.state = if self.recent_exits() >= CRASH_LOOP_EXITS {
+            WorkloadState::CrashLoop
+        } else {
+            WorkloadState::Restarting
+        };
+        self.not_before = Some(now + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    fn recent_exits(&self) -> u32 {
+        let now = Instant::now();
+        self.exits
+            .iter()
+            .filter(|t| now.duration_since(**t) <= Duration::from_secs(CRASH_LOOP_WINDOW_SECS))
+            .count() as u32
+    }
+
+    /// The one-line error a restarting or crash-looping workload puts in every report.
+    fn crash_error(&self) -> String {
+        let last = self
+            .last_exit
+            .as_ref()
+            .map(|e| with_message(e.status.clone(), e.message.clone()))
+            .unwrap_or_default();
+        match self.state {
+            WorkloadState::CrashLoop => format!(
+                "workload crash loop: {} exits in the last {}s ({} restarts since the agent started); last: {last}",
+                self.recent_exits(),
+                CRASH_LOOP_WINDOW_SECS,
+                self.restarts
+            ),
+            _ => format!("workload restarting after: {last}"),
+        }
+    }
+
+    /// Checks that the running process is alive and answers as itself. Returns `false` when it
+    /// must be replaced (it exited, or failed the liveness check too often).
+    async fn still_good(&mut self) -> bool {
+        let Some(r) = &mut self.running else {
+            return false;
+        };
+        match r.child.try_wait() {
+            Ok(None) => {}
+            Ok(Some(status)) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let message = r.stderr.last();
+                tracing::warn!(%status, release = %r.release.version, "workload exited; restarting");
+                self.running = None;
+                self.tenants_handed = None;
+                self.record_exit(status.to_string(), message);
+                return false;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot check the workload"),
+        }
+        let (endpoint, instance, release) = (
+            r.ctx.endpoint.clone(),
+            r.instance.clone(),
+            r.release.version.clone(),
+        );
+        let probe = self.probe(&endpoint, &instance, &release).await;
+        let Some(r) = &mut self.running else {
+            return false;
+        };
+        match probe {
+            Probe::Ours => {
+                r.failed_checks = 0;
+                if r.healthy_since.elapsed() >= STABLE_AFTER {
+                    self.backoff = FIRST_BACKOFF;
+                }
+                true
+            }
+            Probe::Foreign(why) | Probe::Down(why) => {
+                r.failed_checks += 1;
+                tracing::warn!(failed = r.failed_checks, %why, "workload liveness check failed");
+                if r.failed_checks < LIVENESS_FAILURES {
+                    return true;
+                }
+                self.stop().await;
+                self.record_exit(
+                    format!("killed after {LIVENESS_FAILURES} failed liveness checks"),
+                    Some(why),
+                );
+                false
+            }
+        }
+    }
+}
+
+fn with_message(status: String, message: Option<String>) -> String {
+    match message {
+        Some(m) => format!("{status}: {m}"),
+        None => status,
+    }
+}
+
+impl LocalProcess {
+    /// Keeps `release` running: checks the process that runs it, or (re)starts it once the
+    /// restart backoff allows. `Err` is the report line.
+    async fn keep_running(
+        &mut self,
+        release: &DesiredRelease,
+        ctx: &WorkloadContext,
+    ) -> Result<(), String> {
+        let same = self
+            .running
+            .as_ref()
+            .is_some_and(|r| r.release == *release && r.ctx == *ctx);
+        if same {
+            if self.still_good().await {
+                return Ok(());
+            }
+        } else if self.running.is_some() {
+            // Another release (or endpoint) runs: replace it, without a backoff.
+            self.stop().await;
+            self.not_before = None;
+        }
+        if let Some(t) = self.not_before {
+            if Instant::now() < t {
+                return Err(self.crash_error());
+            }
+            // The previous process of this cell ended: this start is a restart.
+            self.not_before = None;
+            self.restarts += 1;
+        }
+        self.start(release, ctx).await
     }
 }
 
@@ -210,43 +526,33 @@ impl Deployer for LocalProcess {
         release: &DesiredRelease,
         ctx: &WorkloadContext,
     ) -> Result<(), String> {
-        match &self.failed {
-            Some((bad, why)) if bad == release => return Err(why.clone()),
+        match self.failed.clone() {
+            Some((bad, why)) if bad == *release => {
+                // Rolled back from this release: keep the good one running meanwhile.
+                if let Some(good) = self.last_good.clone()
+                    && let Err(e) = self.keep_running(&good, ctx).await
+                {
+                    return Err(format!("{why}; {e}"));
+                }
+                return Err(why);
+            }
             Some(_) => self.failed = None,
             None => {}
         }
-        if let Some(r) = &mut self.running
-            && r.release == *release
-            && r.ctx == *ctx
-        {
-            match r.child.try_wait() {
-                Ok(None) => {
-                    self.backoff = Duration::from_millis(250);
-                    return Ok(());
-                }
-                Ok(Some(status)) => {
-                    tracing::warn!(%status, release = %release.version, "workload exited; restarting")
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot check the workload; restarting"),
-            }
-            self.running = None;
-            // Crash loop protection: restart no sooner than the backoff allows.
-            let wait = self.backoff;
-            self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
-            self.not_before = Some(Instant::now() + wait);
+        let new_release = self.last_good.as_ref().is_some_and(|g| g != release);
+        if self.attempted.as_ref() != Some(&release.version) {
+            // A release not tried yet is tried at once, whatever the backoff of the last one.
+            self.not_before = None;
         }
-        if let Some(t) = self.not_before.take()
-            && Instant::now() < t
-        {
-            tokio::time::sleep(t - Instant::now()).await;
-        }
-        // A different release (or nothing) runs: replace it.
-        self.stop().await;
-        let failed = match self.start(release, ctx).await {
+        let failed = match self.keep_running(release, ctx).await {
             Ok(()) => return Ok(()),
             Err(failed) => failed,
         };
-        let why = match self.last_good.clone().filter(|g| g != release) {
+        if !new_release {
+            // The release that ran (or the first one): keep trying it, with backoff.
+            return Err(self.crash_error());
+        }
+        let why = match self.last_good.clone() {
             Some(good) => match self.start(&good, ctx).await {
                 Ok(()) => format!("{failed}; rolled back to {}", good.version),
                 Err(again) => format!("{failed}; rollback to {} failed too: {again}", good.version),
@@ -258,8 +564,70 @@ impl Deployer for LocalProcess {
         Err(why)
     }
 
+    async fn hand_tenants(&mut self, tenants: &CellTenants) -> Result<(), String> {
+        let Some(r) = &self.running else {
+            return Ok(());
+        };
+        let key = (r.instance.clone(), tenants.generation);
+        if self.tenants_handed.as_ref() == Some(&key) {
+            return Ok(());
+        }
+        let url = format!("{}/cellfleet/tenants", r.ctx.endpoint.trim_end_matches('/'));
+        let resp = self
+            .http
+            .put(&url)
+            .bearer_auth(&r.control_token)
+            .json(tenants)
+            .send()
+            .await
+            .map_err(|e| format!("cannot hand the workload its tenants ({url}): {e}"))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            return Err(format!(
+                "the workload refused its tenant set ({url}): {status} {}",
+                body.trim().chars().take(200).collect::<String>()
+            ));
+        }
+        tracing::info!(
+            generation = tenants.generation,
+            tenants = tenants.tenants.len(),
+            "workload has its tenant set"
+        );
+        self.tenants_handed = Some(key);
+        Ok(())
+    }
+
     fn running(&self) -> Option<&str> {
         self.running.as_ref().map(|r| r.release.version.as_str())
+    }
+
+    fn status(&self) -> WorkloadStatus {
+        let instance = self.running.as_ref().map(|r| r.instance.clone());
+        WorkloadStatus {
+            state: self.state,
+            release: self
+                .running
+                .as_ref()
+                .map(|r| r.release.version.clone())
+                .or_else(|| self.attempted.clone()),
+            tenants_generation: self
+                .tenants_handed
+                .as_ref()
+                .filter(|(i, _)| Some(i) == instance.as_ref())
+                .map(|(_, g)| *g),
+            instance,
+            restarts: self.restarts,
+            recent_exits: self.recent_exits(),
+            last_exit: self.last_exit.clone(),
+        }
+    }
+
+    fn wake_at(&self) -> Option<Instant> {
+        match self.running {
+            Some(_) => None,
+            None => self.not_before,
+        }
     }
 
     async fn exited(&mut self) {

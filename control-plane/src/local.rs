@@ -160,6 +160,8 @@ impl LocalFleet {
             let have_token =
                 std::fs::read_to_string(&token_file).is_ok_and(|t| !t.trim().is_empty());
             if !have_token {
+                // An empty file left by an interrupted start: make room for the new token.
+                let _ = std::fs::remove_file(&token_file);
                 let created = registry
                     .create_token(
                         &Caller::system("up"),

@@ -28,6 +28,8 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(cellfleet::cli::run(cli)) {
         Ok(0) => std::process::ExitCode::SUCCESS,
         Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        // The reader of our output went away (`… | head`): nothing more to say.
+        Err(e) if cellfleet::cli::is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // One line: the error and its causes.
             eprintln!("error: {}", format!("{e:#}").replace('\n', " "));

@@ -172,11 +172,11 @@ both_backends!(
             migrations: vec![
                 AppliedMigration {
                     version: 1,
-                    checksum: "abc".into(),
+                    checksum: "ab".repeat(32),
                 },
                 AppliedMigration {
                     version: 2,
-                    checksum: "def".into(),
+                    checksum: "cd".repeat(32),
                 },
             ],
             ..AgentReport::default()
@@ -253,6 +253,78 @@ both_backends!(
             t.registry.report(&c, &euw1, negative).await,
             Err(Error::Invalid(_))
         ));
+        // Every field is bounded and validated; the error names the field, nothing is stored.
+        type Spoil = Box<dyn Fn(&mut AgentReport)>;
+        let bad: Vec<(&str, Spoil)> = vec![
+            (
+                "release",
+                Box::new(|r| r.release = Some("9".repeat(100_000))),
+            ),
+            (
+                "release",
+                Box::new(|r| r.release = Some("1.0 ; drop".into())),
+            ),
+            (
+                "migrations[0].version",
+                Box::new(|r| r.migrations[0].version = -3),
+            ),
+            (
+                "migrations[1].checksum",
+                Box::new(|r| r.migrations[1].checksum = "x".into()),
+            ),
+            (
+                "tenantRows.acme",
+                Box::new(|r| {
+                    r.tenant_rows.insert("acme".into(), -5);
+                }),
+            ),
+            (
+                "tenantRows: \"Not A Tenant\"",
+                Box::new(|r| {
+                    r.tenant_rows.insert("Not A Tenant".into(), 5);
+                }),
+            ),
+            (
+                "strayRows.x",
+                Box::new(|r| {
+                    r.stray_rows.insert("x".into(), -1);
+                }),
+            ),
+            (
+                "health.errors",
+                Box::new(|r| {
+                    r.health = Some(cellfleet_api::Health {
+                        requests: 1,
+                        errors: 2,
+                        ..Default::default()
+                    });
+                }),
+            ),
+            (
+                "health.latencyP99Ms",
+                Box::new(|r| {
+                    r.health = Some(cellfleet_api::Health {
+                        latency_p99_ms: Some(-1.0),
+                        ..Default::default()
+                    });
+                }),
+            ),
+            ("errors", Box::new(|r| r.errors = vec!["e".repeat(5000)])),
+        ];
+        let before = t.registry.cell(&euw1).await.unwrap();
+        for (field, spoil) in bad {
+            let mut r = report.clone();
+            spoil(&mut r);
+            match t.registry.report(&c, &euw1, r).await {
+                Err(Error::Invalid(m)) => assert!(m.contains(field), "{field}: {m}"),
+                other => panic!("{field}: expected a refusal, got {other:?}"),
+            }
+        }
+        assert_eq!(
+            t.registry.cell(&euw1).await.unwrap().release,
+            before.release,
+            "a refused report changes nothing"
+        );
         assert!(matches!(
             t.registry.report(&c, &cell("nope-1"), report).await,
             Err(Error::NotFound { .. })
@@ -320,16 +392,32 @@ both_backends!(
                 .contains("V1 (notes) is already in the stream with different content"),
             "{err}"
         );
+        // A version that skips others would lose their numbers for good: refused.
         let t2 = TestRegistry::new(backend).await;
-        t2.registry.add_migrations(&c, &[v2]).await.unwrap();
-        let err = t2.registry.add_migrations(&c, &[v1]).await.unwrap_err();
+        let err = t2
+            .registry
+            .add_migrations(&c, std::slice::from_ref(&v2))
+            .await
+            .unwrap_err();
         assert!(
-            err.to_string().contains("V1 (notes) would go before V2"),
+            err.to_string().contains("V2 (orders) would skip V1"),
             "{err}"
         );
+        let v9 = migration("V9__late.expand.sql", "CREATE TABLE late (tenant_id TEXT);");
+        t2.registry.add_migrations(&c, &[v1, v2]).await.unwrap();
+        let err = t2.registry.add_migrations(&c, &[v9]).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("would skip V3–V8: the stream grows by the next version, V3"),
+            "{err}"
+        );
+        // A file name with a path is refused, not stripped.
+        let sneaky = migration("../../V3__x.expand.sql", "SELECT 1;");
+        let err = t2.registry.add_migrations(&c, &[sneaky]).await.unwrap_err();
+        assert!(err.to_string().contains("without a path"), "{err}");
         assert_eq!(
             t2.registry.migrations().await.unwrap().len(),
-            1,
+            2,
             "nothing of a refused add is kept"
         );
     }

@@ -315,6 +315,64 @@ both_backends!(an_agent_token_acts_only_for_its_own_cell, |backend| {
     assert_eq!(v["observedGeneration"], 1);
 });
 
+both_backends!(
+    a_long_poll_of_a_token_revoked_meanwhile_gets_nothing,
+    |backend| {
+        let api = std::sync::Arc::new(Api::new(backend).await);
+        let admin = api.token(Role::Admin).await;
+        let agent = api.token(Role::Agent).await;
+        let (_, d, _) = api
+            .call("GET", "/v1/agent/desired", Some(&agent), None)
+            .await;
+        let since = d["generation"].as_i64().unwrap();
+        let waiting = {
+            let api = api.clone();
+            let agent = agent.clone();
+            tokio::spawn(async move {
+                api.call(
+                    "GET",
+                    &format!("/v1/agent/desired?since={since}&timeout=30s"),
+                    Some(&agent),
+                    None,
+                )
+                .await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let (_, tokens, _) = api.call("GET", "/v1/tokens", Some(&admin), None).await;
+        let id = tokens
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["role"] == "agent")
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (status, _, _) = api
+            .call("DELETE", &format!("/v1/tokens/{id}"), Some(&admin), None)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        // A change to the agent's cell (a tenant placed there) wakes the poll: it must not
+        // deliver it.
+        let started = std::time::Instant::now();
+        let tenant = json!({ "id": "newco", "spec": { "displayName": "New", "profile": "mt-standard",
+        "residency": { "allowedRegions": ["eu-west-1"] } } });
+        let (status, v, _) = api
+            .call("POST", "/v1/tenants", Some(&admin), Some(tenant))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(v["placements"][0]["cell"], "euw1-pool-1");
+        let (status, v, _) = waiting.await.unwrap();
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
+        assert!(v.get("tenants").is_none());
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the poll was woken by the change (and refused), not timed out"
+        );
+    }
+);
+
 both_backends!(errors_have_a_code_and_a_message, |backend| {
     let api = Api::new(backend).await;
     let admin = api.token(Role::Admin).await;

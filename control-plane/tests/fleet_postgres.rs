@@ -12,7 +12,7 @@ use cellfleet::local::{CellDatabases, provision_database};
 use cellfleet_api::CellName;
 use cellfleet_e2e::{
     AgentProcess, Db, ServerProcess, TestDb, cli, eventually, free_port, http_call,
-    postgres_admin_url, workspace_bin,
+    postgres_admin_url, wait_converged, workspace_bin,
 };
 use sqlx::{Connection, Executor, Row};
 
@@ -132,6 +132,10 @@ async fn pooled_postgres_cells_isolate_tenants_by_row_level_security() {
         .collect();
     std::fs::write(dir.join("tenants.yaml"), tenants).unwrap();
     run(&["apply", "-f", dir.join("tenants.yaml").to_str().unwrap()]).ok();
+    // Cells serve only the tenants their agents handed them: wait for the new placements.
+    for cell in [&eu, &us] {
+        wait_converged(&url, &admin, cell);
+    }
 
     // Every placed tenant writes and reads its own rows through its cell's workload…
     for (tenant, endpoint) in [

@@ -208,6 +208,10 @@ async fn envoy_mode_sends_the_cluster_header_and_real_denials() {
     assert_eq!(ok.status, StatusCode::OK);
     assert_eq!(ok.header("x-cellfleet-cell"), Some("cell-a"));
     assert_eq!(ok.header("x-cell-id"), Some("cell-a"));
+    // A request for `/` arrives as the bare prefix plus `/`.
+    let root = r.get("/envoy/authz/", &[("x-tenant-id", "acme")]).await;
+    assert_eq!(root.status, StatusCode::OK);
+    assert_eq!(root.header("x-cellfleet-cell"), Some("cell-a"));
     let denied = r.get("/envoy/authz", &[("x-tenant-id", "globex")]).await;
     assert_eq!(denied.status, StatusCode::FORBIDDEN);
     assert!(denied.header("x-cellfleet-cell").is_none());
@@ -300,6 +304,12 @@ async fn the_lookup_token_guards_everything_but_healthz() {
         .get("/route/acme", &[("authorization", "Bearer s3cret")])
         .await;
     assert_eq!(ok.status, StatusCode::OK);
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    for scheme in ["bearer", "BEARER"] {
+        let auth = format!("{scheme} s3cret");
+        let ok = r.get("/route/acme", &[("authorization", &auth)]).await;
+        assert_eq!(ok.status, StatusCode::OK, "{scheme}");
+    }
     // nginx passes a 401 on as "retry later": a bad router token is a refusal there.
     let n = r.get("/nginx/auth", &[("x-tenant-id", "acme")]).await;
     assert_eq!(n.status, StatusCode::FORBIDDEN);

@@ -449,6 +449,24 @@ pub fn agent_token_file(server: &str, admin: &Path, cell: &str, dir: &Path) -> P
     path
 }
 
+/// Whether `cell`'s agent reports the cell's current desired generation (so its workload has
+/// the current tenant set) without errors.
+pub fn converged(server: &str, admin: &Path, cell: &str) -> bool {
+    let v = cli(server, admin, &["cell", "get", cell, "-o", "json"]).json();
+    v["observedGeneration"] == v["desiredGeneration"]
+        && v["workload"]["tenantsGeneration"] == v["desiredGeneration"]
+        && v["errors"].as_array().is_some_and(Vec::is_empty)
+}
+
+/// Waits (generously) until `cell` has [`converged`].
+pub fn wait_converged(server: &str, admin: &Path, cell: &str) {
+    eventually(
+        Duration::from_secs(60),
+        &format!("{cell} converges on its desired state"),
+        || converged(server, admin, cell),
+    );
+}
+
 /// Runs the operator CLI with extra environment.
 pub fn cli_with(server: &str, env: &[(&str, &str)], args: &[&str]) -> Run {
     let out: Output = Command::new(cellfleet_bin())

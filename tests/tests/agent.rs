@@ -244,4 +244,25 @@ async fn agents_converge_survive_restarts_and_refuse_stale_state() {
                 && errors.iter().any(|e| e.contains("ahead of the desired 4"))
         },
     );
+
+    // An agent the control plane refuses from the start (the token of another cell, or no
+    // valid token at all) stops with the cause instead of retrying forever.
+    for (token, cell) in [(token_file.clone(), "cell-b"), (admin.clone(), "cell-a")] {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let out = std::process::Command::new(cellfleet_e2e::cell_agent_bin())
+            .args(["--control-plane", &url, "--cell", cell, "--poll", "1s"])
+            .arg("--token-file")
+            .arg(&token)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("the control plane refuses this agent")
+                && stderr.contains(&format!("check the agent token and --cell {cell}")),
+            "{stderr}"
+        );
+    }
 }

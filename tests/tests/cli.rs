@@ -215,6 +215,120 @@ async fn operator_workflow(db: Db) {
     );
     let out = cli_with(&server.url, &[], &["cell", "list"]);
     assert!(out.stderr.contains("no API token"), "{}", out.stderr);
+    // The scheme of `Authorization` is case-insensitive (RFC 9110 §11.1).
+    let admin_secret = std::fs::read_to_string(&token_file).unwrap();
+    for scheme in ["bearer", "BEARER"] {
+        let auth = format!("{scheme} {}", admin_secret.trim());
+        let (status, _) = http_call(
+            &server.url,
+            "GET",
+            "/v1/cells",
+            &[("Authorization", &auth)],
+            "",
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{scheme}");
+    }
+
+    // A long-poll whose token is revoked while it waits answers 401, not the changes.
+    let edge = run(&["token", "create", "--role", "edge", "-o", "json"]).json();
+    let edge_secret = edge["token"].as_str().unwrap().to_owned();
+    let version = run(&["tenant", "get", "globex", "-o", "json"]); // (any read: the server is up)
+    version.ok();
+    let (_, snapshot) = http_get(&server.url, "/v1/routes", Some(&edge_secret)).unwrap();
+    let since = serde_json::from_str::<serde_json::Value>(&snapshot).unwrap()["version"]
+        .as_i64()
+        .unwrap();
+    let watching = {
+        let url = server.url.clone();
+        let secret = edge_secret.clone();
+        std::thread::spawn(move || {
+            http_get(
+                &url,
+                &format!("/v1/routes/watch?since={since}&timeout=30s"),
+                Some(&secret),
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1000));
+    run(&["token", "revoke", edge["id"].as_str().unwrap()]).ok();
+    run(&["tenant", "suspend", "globex"]).ok();
+    let (status, body) = watching.join().unwrap().unwrap();
+    assert_eq!(status, 401, "a revoked watcher gets nothing: {body}");
+    run(&["tenant", "resume", "globex"]).ok();
+
+    // A tenant spec accepted with a doubt says so on stderr (Warning headers).
+    let out = run(&[
+        "tenant",
+        "create",
+        "faraway",
+        "--display-name",
+        "Far",
+        "--jurisdiction",
+        "eu",
+        "--preferred-region",
+        "eu-west-1",
+    ]);
+    out.ok();
+    assert!(!out.stderr.contains("warning"), "{}", out.stderr);
+    let out = run(&[
+        "tenant",
+        "create",
+        "odd",
+        "--display-name",
+        "Odd",
+        "--allowed-regions",
+        "eu-west-1,us-east-9",
+    ]);
+    assert_ne!(out.code, 0, "an unknown region is an error");
+    assert!(
+        out.stderr.contains("unknown region us-east-9"),
+        "{}",
+        out.stderr
+    );
+    let us = write(
+        manifests.path(),
+        "us.yaml",
+        "apiVersion: cellfleet.io/v1\nkind: Region\nmetadata: {name: us-east-1}\nspec: {jurisdiction: us, location: {lat: 38.9, lon: -77.04}}\n",
+    );
+    run(&["apply", "-f", &us]).ok();
+    let out = run(&[
+        "tenant",
+        "create",
+        "odd",
+        "--display-name",
+        "Odd",
+        "--allowed-regions",
+        "eu-west-1",
+        "--preferred-region",
+        "us-east-1",
+    ]);
+    out.ok();
+    assert!(
+        out.stderr.contains(
+            "warning: spec.residency.preferredRegion: us-east-1 is not allowed by the residency rule"
+        ),
+        "{}",
+        out.stderr
+    );
+
+    // Output into a pipe that closes early: no panic, a quiet exit.
+    {
+        use std::process::{Command, Stdio};
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(cellfleet_e2e::cellfleet_bin())
+            .args(["audit", "list", "-o", "json"])
+            .env("CELLFLEET_SERVER", &server.url)
+            .env("CELLFLEET_TOKEN_FILE", &token_file)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 
     // Audit: listed per target, verified, and tampering is caught with a non-zero exit.
     let audit = run(&["audit", "list", "--target", "tenant/acme", "-o", "json"]).json();
@@ -451,5 +565,33 @@ fn bad_server_arguments_fail_with_one_line() {
             .contains("cannot reach the control plane at http://127.0.0.1:1"),
         "{}",
         out.stderr
+    );
+    // The bootstrap token never overwrites an existing file (it may hold a secret still needed).
+    let dir = tempfile::tempdir().unwrap();
+    let precious = dir.path().join("admin.token");
+    std::fs::write(&precious, "cft_still_needed\n").unwrap();
+    let db = format!("sqlite://{}", dir.path().join("r.db").display());
+    let out = cli_with(
+        "http://127.0.0.1:1",
+        &[],
+        &[
+            "serve",
+            "--database-url",
+            &db,
+            "--admin-token-file",
+            precious.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("already exists: not overwriting it"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(&precious).unwrap(),
+        "cft_still_needed\n"
     );
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cellfleet_e2e::{
     AgentProcess, Db, ServerProcess, TestDb, agent_token_file, cli, eventually, free_port,
-    http_call, http_get, workspace_bin,
+    http_call, http_get, wait_converged, workspace_bin,
 };
 
 fn json(text: &str) -> serde_json::Value {
@@ -29,6 +29,41 @@ fn reported(url: &str, admin: &Path, cell: &str) -> (Option<String>, Vec<String>
             .unwrap_or_default(),
         v["observedGeneration"] == v["desiredGeneration"],
     )
+}
+
+/// One request to a cell as `tenant`: `(status, lower-cased head, body)`.
+fn call_with_headers(
+    endpoint: &str,
+    method: &str,
+    path: &str,
+    tenant: &str,
+    body: &str,
+) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let addr = endpoint.trim_start_matches("http://");
+    let mut request =
+        format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nX-Tenant-Id: {tenant}\r\n");
+    if method == "POST" {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+    } else {
+        request.push_str("\r\n");
+    }
+    let mut response = String::new();
+    let _ = std::net::TcpStream::connect(addr).and_then(|mut s| {
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(request.as_bytes())?;
+        s.read_to_string(&mut response)
+    });
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_owned())
 }
 
 fn version(endpoint: &str) -> Option<(String, u64)> {
@@ -150,6 +185,9 @@ async fn a_local_fleet_serves_tenants_and_survives_crashes_and_bad_releases() {
     };
     let (acme_cell, globex_cell) = (cell_of("acme"), cell_of("globex"));
     assert_ne!(acme_cell, globex_cell);
+    // A cell serves only what its agent handed it: wait for the new placements to arrive.
+    wait_converged(&url, &admin, "cell-a");
+    wait_converged(&url, &admin, "cell-b");
     let (status, _) = http_call(
         &endpoint_of(&acme_cell),
         "POST",
@@ -168,18 +206,80 @@ async fn a_local_fleet_serves_tenants_and_survives_crashes_and_bad_releases() {
     )
     .unwrap_or_default();
     assert_eq!(json(&notes).as_array().map(Vec::len), Some(1));
-    let (_, elsewhere) = http_call(
+    // A cell refuses a tenant placed elsewhere, before touching data, in a way that is safe to
+    // retry (421 Misdirected Request); and so for a tenant that is placed nowhere.
+    for (tenant, method) in [("acme", "GET"), ("acme", "POST"), ("hooli", "POST")] {
+        let (status, headers, _) = call_with_headers(
+            &endpoint_of(&globex_cell),
+            method,
+            "/v1/notes",
+            tenant,
+            r#"{"body":"astray"}"#,
+        );
+        assert_eq!(status, 421, "{tenant} {method} at {globex_cell}");
+        assert!(
+            headers.contains("x-cellfleet-reason: not-placed-here")
+                && headers.contains("retry-after: 1"),
+            "{headers}"
+        );
+    }
+    // A suspended tenant is refused by its own cell as soon as the cell knows.
+    run(&["tenant", "suspend", "globex"]).ok();
+    wait_converged(&url, &admin, &globex_cell);
+    let (status, headers, _) = call_with_headers(
         &endpoint_of(&globex_cell),
-        "GET",
+        "POST",
         "/v1/notes",
-        &[("X-Tenant-Id", "acme")],
-        "",
-    )
-    .unwrap_or_default();
-    assert_eq!(
-        json(&elsewhere).as_array().map(Vec::len),
-        Some(0),
-        "acme's data lives only in its cell"
+        "globex",
+        r#"{"body":"while suspended"}"#,
+    );
+    assert_eq!(status, 403, "{headers}");
+    assert!(
+        headers.contains("x-cellfleet-reason: suspended"),
+        "{headers}"
+    );
+    run(&["tenant", "resume", "globex"]).ok();
+    wait_converged(&url, &admin, &globex_cell);
+    let (status, _, body) = call_with_headers(
+        &endpoint_of(&globex_cell),
+        "POST",
+        "/v1/notes",
+        "globex",
+        r#"{"body":"back"}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+
+    // Rows of a tenant that is not placed on a cell (written behind the workload's back) are
+    // reported as isolation drift; the refused requests above stored nothing.
+    {
+        use sqlx::{Connection, Executor};
+        sqlx::any::install_default_drivers();
+        let cell_db = format!(
+            "sqlite://{}",
+            dir.join(&globex_cell).join("cell.db").display()
+        );
+        let mut conn = sqlx::AnyConnection::connect(&cell_db)
+            .await
+            .unwrap_or_else(|e| panic!("{cell_db}: {e}"));
+        conn.execute(
+            "INSERT INTO notes (id, tenant_id, body, created_at) VALUES (424242, 'ghost', 'x', 0)",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("insert: {e}"));
+    }
+    eventually(
+        Duration::from_secs(60),
+        "the ghost's rows are reported as drift",
+        || {
+            let v = run(&["cell", "get", &globex_cell, "-o", "json"]).json();
+            v["strayRows"]["ghost"] == 1
+                && v["strayRows"].get("acme").is_none()
+                && v["tenantRows"]["globex"] == 1
+                && v["isolationDrift"].as_array().is_some_and(|d| {
+                    d.iter()
+                        .any(|l| l.as_str().is_some_and(|l| l.contains("\"ghost\"")))
+                })
+        },
     );
 
     // The agent reports the traffic it scraped from the workload, per tenant.
@@ -216,6 +316,15 @@ async fn a_local_fleet_serves_tenants_and_survives_crashes_and_bad_releases() {
         "cell-a's workload is restarted",
         || version(&endpoints[0]).is_some_and(|(r, p)| r == "1.0.0" && p != pid),
     );
+    // …and the restart is on the record: count and how the last process ended.
+    eventually(Duration::from_secs(60), "the restart is reported", || {
+        let w = run(&["cell", "get", "cell-a", "-o", "json"]).json()["workload"].clone();
+        w["state"] == "running"
+            && w["restarts"].as_u64().unwrap_or(0) >= 1
+            && w["lastExit"]["status"]
+                .as_str()
+                .is_some_and(|s| s.contains("signal: 9"))
+    });
 
     // A release that never becomes healthy is rolled back, and the failure is reported.
     run(&[

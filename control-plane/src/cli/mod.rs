@@ -8,6 +8,7 @@ mod client;
 mod output;
 mod up;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -260,6 +261,16 @@ pub enum AuditCommand {
     Verify,
 }
 
+/// Whether `e` is a write to a closed pipe (`cellfleet audit list | head`): not a failure of the
+/// command, so the process ends quietly.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// Runs the parsed command. Returns the process exit code for outcomes that are not errors
 /// but must still fail a script (a tampered audit log).
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -306,16 +317,18 @@ fn show<T: Serialize>(
     value: &T,
     render: impl FnOnce(&T) -> String,
 ) -> anyhow::Result<()> {
-    match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
-        Format::Table => {
-            let text = render(value);
-            print!("{text}");
-            if !text.ends_with('\n') {
-                println!();
-            }
-        }
+    let mut text = match format {
+        Format::Json => serde_json::to_string_pretty(value)?,
+        Format::Table => render(value),
+    };
+    if !text.ends_with('\n') {
+        text.push('\n');
     }
+    // A write error (the reader went away: `… | head`) is returned, not a panic; `main` ends
+    // quietly on a broken pipe like other Unix tools.
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
     Ok(())
 }
 
@@ -352,7 +365,10 @@ async fn operate(client: &Client, format: Format, command: Command) -> anyhow::R
             let files = read_files(&files, &["sql"])?
                 .into_iter()
                 .map(|f| cellfleet_api::MigrationFile {
-                    name: f.name,
+                    // The stream names a migration by its file name; where it lies is local.
+                    name: std::path::Path::new(&f.name)
+                        .file_name()
+                        .map_or(f.name.clone(), |n| n.to_string_lossy().into_owned()),
                     content: f.content,
                 })
                 .collect();

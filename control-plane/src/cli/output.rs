@@ -44,6 +44,7 @@ pub fn cells(cells: &[CellView]) -> String {
         "GENERATION",
         "RELEASE",
         "MIGRATION",
+        "WORKLOAD",
         "HEALTH",
         "REPORTED",
         "LABELS",
@@ -72,6 +73,7 @@ pub fn cells(cells: &[CellView]) -> String {
             generation,
             or_dash(c.release.as_ref()),
             or_dash(c.migration_version),
+            or_dash(c.workload.as_ref().map(workload_summary)),
             or_dash(c.health.as_ref().map(health_summary)),
             or_dash(age),
             if labels.is_empty() {
@@ -84,6 +86,19 @@ pub fn cells(cells: &[CellView]) -> String {
     t.to_string()
 }
 
+/// `running`, `crash-loop (7 restarts)`, …
+fn workload_summary(w: &cellfleet_api::WorkloadStatus) -> String {
+    let state = serde_json::to_value(w.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    if w.restarts > 0 {
+        format!("{state} ({} restarts)", w.restarts)
+    } else {
+        state
+    }
+}
+
 pub fn cell(c: &CellView) -> String {
     let mut out = cells(std::slice::from_ref(c));
     out.push_str(&format!(
@@ -91,8 +106,30 @@ pub fn cell(c: &CellView) -> String {
         c.template,
         or_dash(c.endpoint.as_ref())
     ));
+    if let Some(w) = &c.workload {
+        out.push_str(&format!(
+            "workload: {} release {} instance {}\n",
+            workload_summary(w),
+            or_dash(w.release.as_ref()),
+            or_dash(w.instance.as_ref())
+        ));
+        if let Some(e) = &w.last_exit {
+            out.push_str(&format!(
+                "last exit: {} at {}{}\n",
+                e.status,
+                e.at.format("%Y-%m-%d %H:%M:%S UTC"),
+                e.message
+                    .as_ref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
     for e in &c.errors {
-        out.push_str(&format!("agent error: {e}\n"));
+        out.push_str(&format!("error: {e}\n"));
+    }
+    for d in &c.isolation_drift {
+        out.push_str(&format!("isolation drift: {d}\n"));
     }
     if let Some(w) = &c.change_window {
         out.push_str(&format!(

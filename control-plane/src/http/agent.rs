@@ -47,12 +47,12 @@ pub async fn desired(
 ) -> Result<Json<DesiredState>, ApiError> {
     let (_, cell) = auth.require_agent(requested_cell(q.cell.as_deref())?.as_ref())?;
     let wait = long_poll_wait(q.timeout.as_deref())?;
-    Ok(Json(
-        state
-            .registry
-            .wait_desired(&cell, q.since.unwrap_or(0), wait)
-            .await?,
-    ))
+    let desired = state
+        .registry
+        .wait_desired(&cell, q.since.unwrap_or(0), wait)
+        .await?;
+    auth.still_live(&state).await?;
+    Ok(Json(desired))
 }
 
 /// Report what the agent observed in its cell.

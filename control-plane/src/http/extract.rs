@@ -123,6 +123,20 @@ impl Auth {
         }
     }
 
+    /// Checks again that the token is live: a long-poll answers only if its token was not
+    /// revoked while it waited (else 401, like any request with a revoked token).
+    pub async fn still_live(&self, state: &AppState) -> Result<(), ApiError> {
+        if state
+            .registry
+            .token_is_live(&self.principal.token_id)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+
     fn caller(&self) -> Caller {
         Caller {
             actor: self.principal.actor(),
@@ -139,9 +153,8 @@ impl FromRequestParts<AppState> for Auth {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|s| !s.is_empty() && s.len() <= 256)
+            .and_then(bearer_token)
+            .filter(|s| s.len() <= 256)
             .ok_or(ApiError::Unauthorized)?;
         let principal = state
             .registry
@@ -159,6 +172,14 @@ impl FromRequestParts<AppState> for Auth {
             correlation_id,
         })
     }
+}
+
+/// The token of an `Authorization: Bearer TOKEN` value. The scheme is case-insensitive
+/// (RFC 9110 §11.1), so `bearer` and `BEARER` work too.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// `Json<T>` whose rejections are API errors (413 for oversized bodies, 400 otherwise).

@@ -47,12 +47,12 @@ pub async fn watch(
 ) -> Result<Json<RoutesWatch>, ApiError> {
     auth.require(Action::ReadRoutes)?;
     let wait = long_poll_wait(q.timeout.as_deref())?;
-    Ok(Json(
-        state
-            .registry
-            .watch_routes(q.since.unwrap_or(0), wait)
-            .await?,
-    ))
+    let answer = state
+        .registry
+        .watch_routes(q.since.unwrap_or(0), wait)
+        .await?;
+    auth.still_live(&state).await?;
+    Ok(Json(answer))
 }
 
 /// One tenant's route.

@@ -163,26 +163,15 @@ impl Registry {
         cell: &CellName,
         report: AgentReport,
     ) -> Result<()> {
-        if report.errors.len() > 100 || report.errors.iter().any(|e| e.len() > 2000) {
-            return Err(Error::Invalid(
-                "errors: at most 100 entries of at most 2000 bytes".into(),
-            ));
-        }
-        if report.tenant_rows.len() > 100_000 || report.migrations.len() > 100_000 {
-            return Err(Error::Invalid("report too large".into()));
-        }
+        report
+            .validate()
+            .map_err(|e| Error::Invalid(format!("invalid report: {e}")))?;
         let mut tx = self.store.begin(caller).await?;
         if store::cell_generation(tx.conn(), cell).await?.is_none() {
             return Err(not_found("cell", cell));
         }
         // An agent ahead of the registry (say, after the registry was restored from an older
         // backup) is stored as reported: `cell list` shows it, and the agent refuses to go back.
-        if report.observed_generation < 0 {
-            return Err(Error::Invalid(format!(
-                "observedGeneration {} is not a generation",
-                report.observed_generation
-            )));
-        }
         let previous = store::get_report(tx.conn(), cell).await?.map(|r| r.report);
         let significant = previous.as_ref().is_none_or(|p| {
             (
@@ -191,12 +180,14 @@ impl Registry {
                 &p.migrations,
                 &p.errors,
                 &p.isolation_drift,
+                p.workload.as_ref().map(|w| w.state),
             ) != (
                 report.observed_generation,
                 &report.release,
                 &report.migrations,
                 &report.errors,
                 &report.isolation_drift,
+                report.workload.as_ref().map(|w| w.state),
             )
         });
         let now = tx.now;
@@ -210,6 +201,8 @@ impl Registry {
                     "release": report.release,
                     "migrations": report.migrations,
                     "errors": report.errors,
+                    "isolationDrift": report.isolation_drift,
+                    "workload": report.workload.as_ref().map(|w| w.state),
                 }),
             );
         }

@@ -110,12 +110,13 @@ impl Registry {
     pub async fn cells(&self) -> Result<Vec<CellView>> {
         let mut conn = self.store.read().await?;
         let reports = store::reports(&mut conn).await?;
+        let now = chrono::Utc::now();
         Ok(store::list_cells(&mut conn)
             .await?
             .into_iter()
             .map(|c| {
                 let report = reports.get(c.name.as_str());
-                views::cell_view(c, report)
+                views::cell_view(c, report, now)
             })
             .collect())
     }
@@ -125,7 +126,7 @@ impl Registry {
         let report = store::get_report(&mut conn, name).await?;
         store::get_cell(&mut conn, name)
             .await?
-            .map(|c| views::cell_view(c, report.as_ref()))
+            .map(|c| views::cell_view(c, report.as_ref(), chrono::Utc::now()))
             .ok_or_else(|| not_found("cell", name))
     }
 

@@ -75,6 +75,15 @@ impl Registry {
             }))
     }
 
+    /// Whether the token `id` still exists and is not revoked (long-polls ask again before they
+    /// answer, so a token revoked while a request waited gets nothing more).
+    pub async fn token_is_live(&self, id: &str) -> Result<bool> {
+        let mut conn = self.store.read().await?;
+        Ok(store::get_token(&mut conn, id)
+            .await?
+            .is_some_and(|t| t.revoked_at.is_none()))
+    }
+
     /// On an empty registry (no token at all), creates an admin token and writes it to `path`
     /// (mode 0600). Serialised with every other mutation, so two replicas starting together
     /// cannot both bootstrap.
@@ -146,32 +155,30 @@ async fn insert_token(tx: &mut Tx, req: &CreateTokenRequest) -> Result<TokenCrea
     })
 }
 
-/// Writes a secret to a new file readable only by its owner.
+/// Writes a secret to a new file readable only by its owner. An existing file is never
+/// overwritten (it may hold another secret someone still needs): that is an error naming it.
 pub(crate) fn write_secret_file(path: &Path, secret: &str) -> Result<()> {
     let io = |e: std::io::Error| {
-        Error::Io(format!(
-            "cannot write the admin token to {}: {e}",
-            path.display()
-        ))
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::Io(format!(
+                "{} already exists: not overwriting it with a new token; move it away or name another file",
+                path.display()
+            ))
+        } else {
+            Error::Io(format!("cannot write a token to {}: {e}", path.display()))
+        }
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
     let mut file = options.open(path).map_err(io)?;
-    #[cfg(unix)]
-    {
-        // `mode` only applies when the file is created; tighten a pre-existing file too.
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(io)?;
-    }
     writeln!(file, "{secret}").map_err(io)?;
     file.sync_all().map_err(io)?;
     Ok(())

@@ -14,20 +14,32 @@ pub fn region_view(r: RegionRow, cells: &[CellRow]) -> RegionView {
     }
 }
 
-pub fn cell_view(c: CellRow, report: Option<&CellReport>) -> CellView {
+/// A cell whose agent has not reported for this long is flagged: agents report at least every
+/// 10 s, so this is several missed reports in a row.
+pub const REPORT_OVERDUE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
+pub fn cell_view(
+    c: CellRow,
+    report: Option<&CellReport>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> CellView {
     CellView {
         desired_generation: c.desired_generation,
         observed_generation: report.map(|r| r.report.observed_generation),
         release: report.and_then(|r| r.report.release.clone()),
         migration_version: report.and_then(|r| r.report.migrations.iter().map(|m| m.version).max()),
         reported_at: report.map(|r| r.reported_at),
-        errors: cell_errors(c.desired_generation, report),
+        errors: cell_errors(c.desired_generation, report, now),
         isolation_drift: report
             .map(|r| r.report.isolation_drift.clone())
             .unwrap_or_default(),
         health: report.and_then(|r| r.report.health.clone()),
         tenant_rows: report
             .map(|r| r.report.tenant_rows.clone())
+            .unwrap_or_default(),
+        workload: report.and_then(|r| r.report.workload.clone()),
+        stray_rows: report
+            .map(|r| r.report.stray_rows.clone())
             .unwrap_or_default(),
         capacity: c.spec.effective_capacity(),
         template: c.spec.effective_template(),
@@ -73,11 +85,22 @@ pub fn tenant_view(
     }
 }
 
-/// The agent's reported errors, plus the control plane's own finding when the agent is ahead of
-/// the registry.
-fn cell_errors(desired: i64, report: Option<&CellReport>) -> Vec<String> {
+/// The agent's reported errors, plus the control plane's own findings: an agent ahead of the
+/// registry, an agent that stopped reporting.
+fn cell_errors(
+    desired: i64,
+    report: Option<&CellReport>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<String> {
     let Some(r) = report else { return Vec::new() };
     let mut errors = r.report.errors.clone();
+    let silent = now - r.reported_at;
+    if silent > REPORT_OVERDUE {
+        errors.push(format!(
+            "no report from the agent for {}s: what it last said may no longer hold (is the agent running?)",
+            silent.num_seconds()
+        ));
+    }
     if r.report.observed_generation > desired {
         errors.push(format!(
             "the agent runs generation {}, ahead of the desired {desired} (was the registry restored from an older backup?)",

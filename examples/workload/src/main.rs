@@ -6,8 +6,14 @@
 //! schema is not created here: it comes from the fleet's migration stream (see `migrations/`),
 //! applied by the cell agent.
 //!
+//! It follows the cell workload contract (`cellfleet_api::workload`): `/healthz` names the release
+//! and the instance nonce the agent started it with, and under an agent it serves only the tenants
+//! the agent hands it (see `tenants`).
+//!
 //! Test knobs simulate a bad release: `--error-rate` (share of tenant requests answered 500) and
 //! `--latency` (added to every tenant request).
+
+mod tenants;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +24,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use cellfleet_api::{CellTenants, WorkloadHealth};
 use clap::Parser;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -47,6 +54,14 @@ struct Args {
     /// `X-Served-By`, so a client or a test can see which cell served it.
     #[arg(long, env = "WORKLOAD_CELL", default_value = "")]
     cell: String,
+    /// The instance nonce the cell agent started this process with (reported at /healthz, so the
+    /// agent can tell its own process from anything else on the port).
+    #[arg(long, env = "WORKLOAD_INSTANCE", default_value = "")]
+    instance: String,
+    /// The secret the cell agent hands tenant sets with (`PUT /cellfleet/tenants`). With it the
+    /// workload serves only the tenants of the last set; without it (run by hand), any tenant.
+    #[arg(long, env = "WORKLOAD_CONTROL_TOKEN", hide_env_values = true)]
+    control_token: Option<String>,
     /// Share of tenant requests answered with 500 (0.0–1.0), to simulate a bad release.
     #[arg(long, env = "WORKLOAD_ERROR_RATE", default_value_t = 0.0)]
     error_rate: f64,
@@ -79,6 +94,8 @@ struct AppState {
     postgres: bool,
     release: String,
     cell: String,
+    instance: String,
+    tenants: tenants::Tenants,
     error_rate: f64,
     latency: Option<Duration>,
     metrics: Arc<Metrics>,
@@ -261,25 +278,44 @@ async fn delete_note(
     }
 }
 
-/// Knobs and metrics for tenant routes: injected latency and errors, then per-tenant counts and
+/// The gate, knobs and metrics of tenant routes: a tenant this process may not serve is refused
+/// before anything else happens; then injected latency and errors; then per-tenant counts and
 /// latency.
 async fn tenant_middleware(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    let tenant = req
+    let named = req
         .headers()
         .get(TENANT_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
+        .trim()
         .chars()
         .take(63)
         .collect::<String>();
     let started = Instant::now();
-    if let Some(latency) = s.latency {
-        tokio::time::sleep(latency).await;
-    }
-    let response = if s.error_rate > 0.0 && rand::random_bool(s.error_rate.min(1.0)) {
-        AppError::Injected.into_response()
+    let gate = if named.is_empty() {
+        tenants::Gate::Serve // the handler answers 400
     } else {
-        next.run(req).await
+        s.tenants.decide(&named)
+    };
+    // Metrics label refusals of tenants not served here as one series, so a client cannot
+    // create series at will.
+    let tenant = match gate {
+        tenants::Gate::NotHere | tenants::Gate::NotReady if s.tenants.enforced() => {
+            "(not-served)".to_owned()
+        }
+        _ => named.clone(),
+    };
+    let response = if gate != tenants::Gate::Serve {
+        tenants::refused(&gate, &named, &s.cell)
+    } else {
+        if let Some(latency) = s.latency {
+            tokio::time::sleep(latency).await;
+        }
+        if s.error_rate > 0.0 && rand::random_bool(s.error_rate.min(1.0)) {
+            AppError::Injected.into_response()
+        } else {
+            next.run(req).await
+        }
     };
     s.metrics
         .requests
@@ -314,6 +350,52 @@ fn now_millis() -> i64 {
         .unwrap_or(0)
 }
 
+/// Liveness, naming the process (release and the agent's instance nonce) and its tenant set.
+async fn healthz(State(s): State<AppState>) -> Json<WorkloadHealth> {
+    Json(WorkloadHealth {
+        status: "ok".to_owned(),
+        release: s.release.clone(),
+        instance: s.instance.clone(),
+        cell: s.cell.clone(),
+        tenants_generation: s.tenants.generation(),
+    })
+}
+
+/// The agent hands the tenants this process may serve (bearer: the control token).
+async fn hand_tenants(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let set: CellTenants = match serde_json::from_slice(&body) {
+        Ok(set) => set,
+        Err(e) => {
+            return AppError::BadBody(format!("invalid tenant set: {e}")).into_response();
+        }
+    };
+    let auth = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match s.tenants.hand(auth, set) {
+        Ok(generation) => {
+            tracing::info!(generation, "tenant set in force");
+            Json(serde_json::json!({ "generation": generation })).into_response()
+        }
+        Err(tenants::HandError::Unauthorized) => (
+            StatusCode::UNAUTHORIZED,
+            Json(serde_json::json!({ "error": "wrong or missing control token" })),
+        )
+            .into_response(),
+        Err(tenants::HandError::Stale(current)) => (
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({
+                "error": format!("older than the tenant set in force (generation {current})")
+            })),
+        )
+            .into_response(),
+    }
+}
+
 /// Labels every answer with the cell that served it.
 async fn served_by(State(s): State<AppState>, mut response: Response) -> Response {
     if let Ok(cell) = axum::http::HeaderValue::from_str(&s.cell) {
@@ -331,7 +413,8 @@ fn app(state: AppState) -> Router {
             tenant_middleware,
         ));
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
+        .route("/cellfleet/tenants", axum::routing::put(hand_tenants))
         .route(
             "/version",
             get(|State(s): State<AppState>| async move {
@@ -387,8 +470,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         pool,
         postgres,
         metrics: Arc::new(metrics_registry(&args.release)),
+        tenants: tenants::Tenants::new(args.control_token.as_deref()),
         release: args.release,
         cell: args.cell,
+        instance: args.instance,
         error_rate: args.error_rate,
         latency: args.latency,
     };

@@ -140,8 +140,8 @@ impl RouterState {
         headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|token| digest(token.trim()) == *want)
+            .and_then(bearer_token)
+            .is_some_and(|token| digest(token) == *want)
     }
 
     fn gauges(&self) -> TableGauges {
@@ -158,6 +158,14 @@ impl RouterState {
     }
 }
 
+/// The token of an `Authorization: Bearer TOKEN` value (the scheme is case-insensitive, RFC 9110
+/// §11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
@@ -167,7 +175,10 @@ pub fn app(state: RouterState) -> Router {
     Router::new()
         .route("/route/{tenant}", get(route_lookup))
         .route("/nginx/auth", any(nginx_auth))
+        // Envoy asks `path_prefix` + the original path: `/envoy/authz/` for a request of `/`
+        // (a `{*rest}` wildcard never matches an empty rest, so that one is a route of its own).
         .route("/envoy/authz", any(envoy_authz))
+        .route("/envoy/authz/", any(envoy_authz))
         .route("/envoy/authz/{*rest}", any(envoy_authz))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
