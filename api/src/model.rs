@@ -586,12 +586,62 @@ pub struct AuditViolation {
     pub problem: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditVerification {
     pub ok: bool,
     pub records: i64,
+    /// The earliest problem: where tampering starts.
     pub first_bad: Option<AuditViolation>,
+    /// Every problem found, earliest first (at most 100).
+    #[serde(default)]
+    pub problems: Vec<AuditViolation>,
+    /// Signed checkpoints checked (from the registry, the server's checkpoint log and the
+    /// request).
+    #[serde(default)]
+    pub checkpoints: i64,
+    /// The newest record a valid checkpoint anchors.
+    #[serde(default)]
+    pub anchored_through: Option<i64>,
+    /// Records after the newest checkpoint: a database writer could still rewrite these
+    /// unseen (see the threat model in the README).
+    #[serde(default)]
+    pub unanchored: i64,
+    /// The key checkpoints are verified with.
+    #[serde(default)]
+    pub key_id: Option<String>,
+}
+
+/// A signed statement of the audit chain's head: "record `seq` has hash `hash`", signed with the
+/// audit key (Ed25519), which the registry does not hold. See `cellfleet audit verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditCheckpoint {
+    pub seq: i64,
+    pub hash: String,
+    pub at: DateTime<Utc>,
+    /// The first 16 hex digits of SHA-256 over the public key.
+    pub key_id: String,
+    /// Base64 of the Ed25519 signature over the checkpoint statement.
+    pub signature: String,
+}
+
+/// The public half of the audit key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditKeyView {
+    pub algorithm: String,
+    pub key_id: String,
+    /// SubjectPublicKeyInfo PEM (`openssl pkey -pubin` reads it).
+    pub public_key_pem: String,
+}
+
+/// Checkpoint copies kept elsewhere, for `audit verify` to check too.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyAuditRequest {
+    #[serde(default)]
+    pub checkpoints: Vec<AuditCheckpoint>,
 }
 
 /// Every API error: a stable machine-readable `code` and a human `message`.

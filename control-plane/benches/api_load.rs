@@ -67,6 +67,9 @@ async fn run(db: Db) -> anyhow::Result<()> {
         admin_token_file: Some(token_file.clone()),
         settings: Settings::default(),
         max_body_bytes: 16 * 1024 * 1024,
+        audit_key_file: Some(test_db.dir.path().join("audit.key")),
+        audit_checkpoint_log: Some(test_db.dir.path().join("audit-checkpoints.jsonl")),
+        audit_checkpoint_every: cellfleet::server::AUDIT_CHECKPOINT_EVERY,
     })
     .await?;
     let base = server.url();

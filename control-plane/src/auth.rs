@@ -29,10 +29,12 @@ pub enum Action {
     AgentSync,
     /// Read the routing table (edge proxies, and every reader).
     ReadRoutes,
+    /// Checkpoint the audit chain on demand.
+    ManageAudit,
 }
 
 impl Action {
-    pub const ALL: [Action; 8] = [
+    pub const ALL: [Action; 9] = [
         Action::ReadFleet,
         Action::ReadAudit,
         Action::ReadMetadata,
@@ -41,6 +43,7 @@ impl Action {
         Action::ManageTokens,
         Action::AgentSync,
         Action::ReadRoutes,
+        Action::ManageAudit,
     ];
 
     pub fn describe(self) -> &'static str {
@@ -53,6 +56,7 @@ impl Action {
             Action::ManageTokens => "manage API tokens",
             Action::AgentSync => "use the cell agent routes",
             Action::ReadRoutes => "read the routing table",
+            Action::ManageAudit => "checkpoint the audit log",
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - [`cli`]: the `cellfleet` binary — the server (`serve`, `up`) and the operator CLI.
 
 pub mod audit;
+pub mod audit_key;
 pub mod auth;
 pub mod cli;
 pub mod context;

@@ -4,10 +4,13 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::audit_key::{AuditKey, KeySource};
 use crate::http::{AppState, app};
 use crate::service::{Bootstrap, Registry, Settings};
 use crate::store::{Store, sqlite_path};
@@ -21,6 +24,36 @@ pub struct ServerConfig {
     pub admin_token_file: Option<PathBuf>,
     pub settings: Settings,
     pub max_body_bytes: usize,
+    /// The audit key (default: next to a SQLite database, else `./cellfleet-audit.key`);
+    /// created if missing.
+    pub audit_key_file: Option<PathBuf>,
+    /// Where checkpoints are copied (default: beside the key).
+    pub audit_checkpoint_log: Option<PathBuf>,
+    /// How often the audit chain's head is checkpointed (when it moved).
+    pub audit_checkpoint_every: Duration,
+}
+
+/// Default interval of audit checkpoints: records newer than this are not yet anchored.
+pub const AUDIT_CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
+
+/// The default audit key and checkpoint log for a database URL.
+pub fn default_audit_files(database_url: &str) -> (PathBuf, PathBuf) {
+    match sqlite_path(database_url) {
+        Some(db) => {
+            let stem = db
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "cellfleet".into());
+            (
+                db.with_file_name(format!("{stem}.audit-key")),
+                db.with_file_name(format!("{stem}.audit-checkpoints.jsonl")),
+            )
+        }
+        None => (
+            PathBuf::from("cellfleet-audit.key"),
+            PathBuf::from("cellfleet-audit-checkpoints.jsonl"),
+        ),
+    }
 }
 
 /// The default place of the bootstrap token for a database URL.
@@ -44,8 +77,12 @@ pub struct Server {
     pub registry: Registry,
     /// Set when this start wrote a bootstrap admin token.
     pub bootstrap_token_file: Option<PathBuf>,
+    /// The audit key, and whether this start created it.
+    pub audit_key_file: PathBuf,
+    pub audit_key_created: bool,
     listener: TcpListener,
     state: AppState,
+    checkpoint_every: Duration,
 }
 
 impl Server {
@@ -60,7 +97,13 @@ impl Server {
                     redact(&config.database_url)
                 )
             })?;
-        let registry = Registry::new(store, config.settings.clone());
+        let (default_key, default_log) = default_audit_files(&config.database_url);
+        let audit_key_file = config.audit_key_file.clone().unwrap_or(default_key);
+        let (key, source) = AuditKey::load_or_create(
+            &audit_key_file,
+            Some(config.audit_checkpoint_log.clone().unwrap_or(default_log)),
+        )?;
+        let registry = Registry::new(store, config.settings.clone()).with_audit_key(Arc::new(key));
         let token_file = config
             .admin_token_file
             .clone()
@@ -79,8 +122,11 @@ impl Server {
             addr,
             registry,
             bootstrap_token_file,
+            audit_key_file,
+            audit_key_created: source == KeySource::Created,
             listener,
             state,
+            checkpoint_every: config.audit_checkpoint_every,
         })
     }
 
@@ -88,17 +134,51 @@ impl Server {
         format!("http://{}", self.addr)
     }
 
-    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    /// Serves until `shutdown` completes, then finishes in-flight requests. Meanwhile the audit
+    /// chain is checkpointed every `audit_checkpoint_every`, and once more at the end.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        axum::serve(self.listener, app(self.state))
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let checkpoints = tokio::spawn(checkpoint_loop(
+            self.registry.clone(),
+            self.checkpoint_every,
+            stopped,
+        ));
+        let served = axum::serve(self.listener, app(self.state))
             .with_graceful_shutdown(shutdown)
             .await
-            .context("server failed")?;
+            .context("server failed");
+        let _ = stop.send(true);
+        let _ = checkpoints.await;
         self.registry.store().close().await;
-        Ok(())
+        served
+    }
+}
+
+/// Checkpoints the audit chain every `every` (when its head moved) until `stopped`, then once
+/// more, so the last records of a run are anchored too.
+async fn checkpoint_loop(
+    registry: Registry,
+    every: Duration,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let last = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stopped.wait_for(|s| *s) => true,
+        };
+        match registry.checkpoint_audit().await {
+            Ok(Some(cp)) => tracing::debug!(seq = cp.seq, "audit chain checkpointed"),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "cannot checkpoint the audit chain"),
+        }
+        if last {
+            return;
+        }
     }
 }
 

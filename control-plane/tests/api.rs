@@ -133,6 +133,15 @@ fn routes() -> Vec<(&'static str, &'static str, Option<Value>, &'static [Role])>
         ("GET", "/v1/audit/verify", None, READERS),
         (
             "POST",
+            "/v1/audit/verify",
+            Some(json!({"checkpoints": []})),
+            READERS,
+        ),
+        ("GET", "/v1/audit/checkpoints", None, READERS),
+        ("GET", "/v1/audit/key", None, READERS),
+        ("POST", "/v1/audit/checkpoints", None, &[Admin]),
+        (
+            "POST",
             "/v1/apply",
             Some(manifest(
                 "apiVersion: cellfleet.io/v1\nkind: Region\nmetadata: {name: ap-1}\nspec: {jurisdiction: ap, location: {lat: 1, lon: 103}}\n",
@@ -432,7 +441,7 @@ both_backends!(
         let mut api = Api::new(backend).await;
         api.state.max_body_bytes = 4096;
         let admin = api.token(Role::Admin).await;
-        let records = api.t.registry.verify_audit().await.unwrap().records;
+        let records = api.t.registry.verify_audit(&[]).await.unwrap().records;
         let huge = format!(
             "# {}\n{}",
             "x".repeat(8000),
@@ -444,7 +453,7 @@ both_backends!(
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
         assert_eq!(v["code"], "payload_too_large");
         assert_eq!(
-            api.t.registry.verify_audit().await.unwrap().records,
+            api.t.registry.verify_audit(&[]).await.unwrap().records,
             records
         );
     }

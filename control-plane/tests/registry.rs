@@ -18,7 +18,7 @@ fn tid(s: &str) -> TenantId {
 }
 
 async fn audit_count(t: &TestRegistry) -> i64 {
-    t.registry.verify_audit().await.unwrap().records
+    t.registry.verify_audit(&[]).await.unwrap().records
 }
 
 /// Where every tenant is: (tenant, env) → (cell, generation).
@@ -512,7 +512,7 @@ both_backends!(capacity_holds_under_concurrent_creates, |backend| {
         );
     }
     assert!(
-        t.registry.verify_audit().await.unwrap().ok,
+        t.registry.verify_audit(&[]).await.unwrap().ok,
         "concurrent writers keep the chain intact"
     );
 });
@@ -576,7 +576,7 @@ both_backends!(audit_chain_detects_tampering, |backend| {
     t.apply(&tenant_doc("acme", "mt-standard", "{jurisdiction: eu}"))
         .await
         .unwrap();
-    let ok = t.registry.verify_audit().await.unwrap();
+    let ok = t.registry.verify_audit(&[]).await.unwrap();
     assert!(ok.ok);
     let n = ok.records;
     assert!(n >= 9, "{n}");
@@ -586,7 +586,7 @@ both_backends!(audit_chain_detects_tampering, |backend| {
     raw.execute("UPDATE audit_log SET payload = '{\"forged\":true}' WHERE seq = 3")
         .await
         .unwrap();
-    let v = t.registry.verify_audit().await.unwrap();
+    let v = t.registry.verify_audit(&[]).await.unwrap();
     assert!(!v.ok);
     assert_eq!(v.first_bad.as_ref().unwrap().seq, 3);
     assert!(v.first_bad.unwrap().problem.contains("edited"));
@@ -615,7 +615,7 @@ both_backends!(audit_chain_detects_tampering, |backend| {
         for s in sql {
             raw.execute(s).await.unwrap();
         }
-        let v = t.registry.verify_audit().await.unwrap();
+        let v = t.registry.verify_audit(&[]).await.unwrap();
         assert!(!v.ok, "{tamper} not detected");
         let bad = v.first_bad.unwrap();
         let expected = match tamper {

@@ -179,6 +179,9 @@ pub struct ServerProcess {
     pub url: String,
     /// What the process printed on stdout before it was ready.
     pub banner: Vec<String>,
+    /// The process's working directory: files a server puts in its current directory by
+    /// default (the audit key on PostgreSQL) stay out of the source tree.
+    pub cwd: tempfile::TempDir,
 }
 
 impl ServerProcess {
@@ -202,7 +205,9 @@ impl ServerProcess {
         ready_line: &str,
     ) -> ServerProcess {
         let listen = listen.to_owned();
+        let cwd = tempfile::tempdir().expect("working directory");
         let mut child = Command::new(bin)
+            .current_dir(cwd.path())
             .args(args)
             .args(["--listen", &listen])
             .stdout(Stdio::piped())
@@ -236,7 +241,12 @@ impl ServerProcess {
         std::thread::spawn(move || for _ in lines {});
         let url = format!("http://{listen}");
         wait_healthy(&url);
-        ServerProcess { child, url, banner }
+        ServerProcess {
+            child,
+            url,
+            banner,
+            cwd,
+        }
     }
 
     /// Stops the process like an operator would (SIGTERM, which `up` also passes to its local

@@ -115,6 +115,16 @@ pub struct ServeArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "CELLFLEET_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
+    /// The Ed25519 key (PKCS#8 PEM) that signs audit checkpoints; created if missing. Keep it
+    /// off the database host [default: next to a SQLite database, else ./cellfleet-audit.key].
+    #[arg(long, env = "CELLFLEET_AUDIT_KEY_FILE")]
+    pub audit_key_file: Option<PathBuf>,
+    /// Where each checkpoint is also appended (JSON lines) [default: beside the key].
+    #[arg(long, env = "CELLFLEET_AUDIT_CHECKPOINT_LOG")]
+    pub audit_checkpoint_log: Option<PathBuf>,
+    /// How often the audit chain is checkpointed.
+    #[arg(long, env = "CELLFLEET_AUDIT_CHECKPOINT_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub audit_checkpoint_interval: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -257,8 +267,20 @@ pub enum AuditCommand {
         #[arg(long, default_value_t = 100)]
         limit: i64,
     },
-    /// Re-compute the hash chain; exits non-zero at the first record that does not verify.
-    Verify,
+    /// Re-compute the hash chain and check it against the signed checkpoints; exits 1 and names
+    /// where tampering starts if anything does not verify.
+    Verify {
+        /// Checkpoint copies kept outside the registry (JSON lines, or the JSON of `audit
+        /// checkpoints -o json`), checked too.
+        #[arg(long)]
+        checkpoints: Vec<PathBuf>,
+    },
+    /// The signed checkpoints of the chain's head.
+    Checkpoints,
+    /// Checkpoint the chain's head now (admin; the server also does so every minute).
+    Checkpoint,
+    /// The public key that verifies checkpoints.
+    Key,
 }
 
 /// Whether `e` is a write to a closed pipe (`cellfleet audit list | head`): not a failure of the
@@ -299,8 +321,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..Settings::default()
         },
         max_body_bytes: args.max_body_bytes,
+        audit_key_file: args.audit_key_file,
+        audit_checkpoint_log: args.audit_checkpoint_log,
+        audit_checkpoint_every: args.audit_checkpoint_interval,
     })
     .await?;
+    if server.audit_key_created {
+        println!(
+            "audit key created at {} (public key: {}.pub): keep it off the database host",
+            server.audit_key_file.display(),
+            server.audit_key_file.display()
+        );
+    }
     if let Some(path) = &server.bootstrap_token_file {
         println!(
             "bootstrap admin token written to {} (mode 0600)",
@@ -450,12 +482,47 @@ async fn operate(client: &Client, format: Format, command: Command) -> anyhow::R
             let records: Vec<AuditRecord> = client.get_query("/v1/audit", &query).await?;
             show(format, &records, |r| output::audit(r))?
         }
-        Command::Audit(AuditCommand::Verify) => {
-            let v: AuditVerification = client.get("/v1/audit/verify").await?;
+        Command::Audit(AuditCommand::Verify { checkpoints }) => {
+            let mut copies = Vec::new();
+            for path in &checkpoints {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                copies.extend(
+                    crate::audit_key::parse_checkpoints(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                );
+            }
+            let v: AuditVerification = client
+                .post(
+                    "/v1/audit/verify",
+                    &cellfleet_api::VerifyAuditRequest {
+                        checkpoints: copies,
+                    },
+                )
+                .await?;
             show(format, &v, output::verification)?;
             if !v.ok {
                 return Ok(1);
             }
+        }
+        Command::Audit(AuditCommand::Checkpoints) => {
+            let list: Vec<cellfleet_api::AuditCheckpoint> =
+                client.get("/v1/audit/checkpoints").await?;
+            show(format, &list, |l| output::checkpoints(l))?
+        }
+        Command::Audit(AuditCommand::Checkpoint) => {
+            let made: Option<cellfleet_api::AuditCheckpoint> =
+                client.post("/v1/audit/checkpoints", &()).await?;
+            show(format, &made, |m| match m {
+                Some(c) => format!("checkpointed record {} ({})\n", c.seq, c.hash),
+                None => "the newest record is already checkpointed\n".to_owned(),
+            })?
+        }
+        Command::Audit(AuditCommand::Key) => {
+            let key: cellfleet_api::AuditKeyView = client.get("/v1/audit/key").await?;
+            show(format, &key, |k| {
+                format!("{} key {}\n{}", k.algorithm, k.key_id, k.public_key_pem)
+            })?
         }
     }
     Ok(0)

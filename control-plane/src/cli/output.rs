@@ -385,13 +385,41 @@ pub fn audit(records: &[AuditRecord]) -> String {
 }
 
 pub fn verification(v: &AuditVerification) -> String {
-    match &v.first_bad {
+    let mut out = match &v.first_bad {
         None => format!("audit log intact: {} records verified\n", v.records),
         Some(bad) => format!(
             "audit log TAMPERED at record {}: {}\n",
             bad.seq, bad.problem
         ),
+    };
+    for p in v.problems.iter().skip(1) {
+        out.push_str(&format!("  also at record {}: {}\n", p.seq, p.problem));
     }
+    match (&v.key_id, v.anchored_through) {
+        (None, _) => out.push_str("no audit key configured: the chain is not anchored\n"),
+        (Some(key), Some(through)) => out.push_str(&format!(
+            "{} signed checkpoints (key {key}) anchor records 1–{through}; {} newer record(s) not yet anchored\n",
+            v.checkpoints, v.unanchored
+        )),
+        (Some(key), None) => out.push_str(&format!(
+            "no valid checkpoint (key {key}) yet: {} record(s) not anchored\n",
+            v.unanchored
+        )),
+    }
+    out
+}
+
+pub fn checkpoints(list: &[cellfleet_api::AuditCheckpoint]) -> String {
+    let mut t = table(&["RECORD", "HASH", "AT", "KEY"]);
+    for c in list {
+        t.add_row(vec![
+            c.seq.to_string(),
+            c.hash.get(..16).unwrap_or(&c.hash).to_owned(),
+            c.at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            c.key_id.clone(),
+        ]);
+    }
+    t.to_string()
 }
 
 pub fn migrations(stream: &[cellfleet_api::Migration]) -> String {

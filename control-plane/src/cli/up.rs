@@ -48,6 +48,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         admin_token_file: Some(token_file.clone()),
         settings: Settings::default(),
         max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        audit_key_file: Some(dir.join("audit.key")),
+        audit_checkpoint_log: Some(dir.join("audit-checkpoints.jsonl")),
+        audit_checkpoint_every: crate::server::AUDIT_CHECKPOINT_EVERY,
     })
     .await?;
     let registry = server.registry.clone();

@@ -1,16 +1,13 @@
-//! Tokens, audit, health, metrics and the API description.
+//! Tokens, health, metrics and the API description.
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::IntoResponse;
-use cellfleet_api::{
-    AuditRecord, AuditVerification, CreateTokenRequest, ErrorBody, TokenCreated, TokenView,
-};
-use serde::Deserialize;
+use cellfleet_api::{CreateTokenRequest, ErrorBody, TokenCreated, TokenView};
 use utoipa::OpenApi;
 
-use super::extract::{ApiJson, ApiQuery, Auth};
+use super::extract::{ApiJson, Auth};
 use super::{ApiDoc, ApiError, AppState};
 use crate::auth::Action;
 
@@ -48,41 +45,6 @@ pub async fn revoke_token(
 ) -> Result<Json<TokenView>, ApiError> {
     let caller = auth.require(Action::ManageTokens)?;
     Ok(Json(state.registry.revoke_token(&caller, &id).await?))
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct AuditQuery {
-    /// Only records of this target (e.g. `tenant/acme`) and its children (`tenant/acme/prod`).
-    pub target: Option<String>,
-    /// How many of the newest records (default 100, at most 10000).
-    pub limit: Option<i64>,
-}
-
-#[utoipa::path(get, path = "/v1/audit", tag = "audit", security(("bearer" = [])), params(AuditQuery),
-    responses((status = 200, body = [AuditRecord])))]
-pub async fn audit(
-    State(state): State<AppState>,
-    auth: Auth,
-    ApiQuery(q): ApiQuery<AuditQuery>,
-) -> Result<Json<Vec<AuditRecord>>, ApiError> {
-    auth.require(Action::ReadAudit)?;
-    Ok(Json(
-        state
-            .registry
-            .audit(q.target.as_deref(), q.limit.unwrap_or(100))
-            .await?,
-    ))
-}
-
-#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", security(("bearer" = [])),
-    responses((status = 200, description = "Verification result (ok=false names the first bad record)", body = AuditVerification)))]
-pub async fn verify_audit(
-    State(state): State<AppState>,
-    auth: Auth,
-) -> Result<Json<AuditVerification>, ApiError> {
-    auth.require(Action::ReadAudit)?;
-    Ok(Json(state.registry.verify_audit().await?))
 }
 
 /// Liveness and database reachability; the only unauthenticated route.

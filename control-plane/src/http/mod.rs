@@ -6,6 +6,7 @@
 
 mod admin;
 mod agent;
+mod audit;
 mod error;
 mod extract;
 mod fleet;
@@ -89,8 +90,16 @@ pub fn app(state: AppState) -> Router {
             "/v1/tokens/{id}",
             axum::routing::delete(admin::revoke_token),
         )
-        .route("/v1/audit", get(admin::audit))
-        .route("/v1/audit/verify", get(admin::verify_audit))
+        .route("/v1/audit", get(audit::list))
+        .route(
+            "/v1/audit/verify",
+            get(audit::verify).post(audit::verify_with_copies),
+        )
+        .route(
+            "/v1/audit/checkpoints",
+            get(audit::checkpoints).post(audit::checkpoint),
+        )
+        .route("/v1/audit/key", get(audit::key))
         .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -151,7 +160,8 @@ fn long_poll_wait(timeout: Option<&str>) -> Result<std::time::Duration, ApiError
         tenants::list, tenants::create, tenants::get, tenants::delete, tenants::suspend,
         tenants::resume, tenants::archive, tenants::explain, tenants::context,
         admin::create_token, admin::list_tokens, admin::revoke_token,
-        admin::audit, admin::verify_audit,
+        audit::list, audit::verify, audit::verify_with_copies, audit::checkpoints,
+        audit::checkpoint, audit::key,
     ),
     modifiers(&BearerAuth),
 )]

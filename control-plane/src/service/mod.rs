@@ -4,6 +4,7 @@
 
 mod agents;
 mod apply;
+mod audit;
 mod diff;
 pub mod migrations;
 mod placing;
@@ -15,7 +16,7 @@ mod views;
 
 use std::time::Duration;
 
-use cellfleet_api::{AuditRecord, AuditVerification, CellName, CellView, RegionView};
+use cellfleet_api::{CellName, CellView, RegionView};
 
 use crate::manifest::ManifestError;
 use crate::placement::Policy;
@@ -77,6 +78,8 @@ pub struct Registry {
     settings: Settings,
     /// Bumped after every commit that moved a cell's desired-state generation.
     changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    /// Signs audit checkpoints (none: the chain is verified without anchors).
+    audit_key: Option<std::sync::Arc<crate::audit_key::AuditKey>>,
 }
 
 impl Registry {
@@ -85,7 +88,14 @@ impl Registry {
             store,
             settings,
             changes: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+            audit_key: None,
         }
+    }
+
+    /// Checkpoints the audit chain with `key` (see `audit`).
+    pub fn with_audit_key(mut self, key: std::sync::Arc<crate::audit_key::AuditKey>) -> Self {
+        self.audit_key = Some(key);
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -137,22 +147,6 @@ impl Registry {
             store::count_by_state(&mut conn, store::Counted::Tenants).await?,
             store::count_by_state(&mut conn, store::Counted::Cells).await?,
         ))
-    }
-
-    /// The newest `limit` audit records (optionally of one target and its children), oldest first.
-    pub async fn audit(&self, target: Option<&str>, limit: i64) -> Result<Vec<AuditRecord>> {
-        let mut conn = self.store.read().await?;
-        Ok(store::audit_list(&mut conn, target, limit.clamp(1, 10_000)).await?)
-    }
-
-    /// Re-computes the whole audit chain.
-    pub async fn verify_audit(&self) -> Result<AuditVerification> {
-        // One snapshot for head and records, so a record appended meanwhile is not mistaken for
-        // tampering, and a record added behind the head's back is.
-        let mut snapshot = self.store.read_snapshot().await?;
-        let head = store::audit_head(&mut snapshot).await?;
-        let records = store::audit_all(&mut snapshot).await?;
-        Ok(crate::audit::verify(records, head))
     }
 }
 

@@ -166,3 +166,45 @@ pub async fn audit_list(
     }
     Ok(out)
 }
+
+/// Stores a checkpoint; one already stored for the same record (another replica was first)
+/// is kept. Needs no mutation lock: it only adds a row about records that exist.
+pub async fn insert_checkpoint(
+    conn: &mut AnyConnection,
+    cp: &cellfleet_api::AuditCheckpoint,
+) -> Result<()> {
+    conn.execute(
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (seq, hash, at, key_id, signature) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (seq) DO NOTHING",
+        )
+        .bind(cp.seq)
+        .bind(cp.hash.clone())
+        .bind(millis(cp.at))
+        .bind(cp.key_id.clone())
+        .bind(cp.signature.clone()),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Every stored checkpoint, oldest first.
+pub async fn audit_checkpoints(
+    conn: &mut AnyConnection,
+) -> Result<Vec<cellfleet_api::AuditCheckpoint>> {
+    let rows =
+        sqlx::query("SELECT seq, hash, at, key_id, signature FROM audit_checkpoints ORDER BY seq")
+            .fetch_all(&mut *conn)
+            .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(cellfleet_api::AuditCheckpoint {
+                seq: r.try_get("seq")?,
+                hash: r.try_get("hash")?,
+                at: from_millis(r.try_get("at")?),
+                key_id: r.try_get("key_id")?,
+                signature: r.try_get("signature")?,
+            })
+        })
+        .collect()
+}

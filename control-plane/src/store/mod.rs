@@ -32,7 +32,9 @@ use sqlx::{Any, AnyPool, Executor, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 pub use agents::*;
-pub use audit_log::{AuditEntry, audit_all, audit_head, audit_list};
+pub use audit_log::{
+    AuditEntry, audit_all, audit_checkpoints, audit_head, audit_list, insert_checkpoint,
+};
 pub use registry::*;
 pub use routes::*;
 pub use tokens::*;

@@ -33,7 +33,9 @@ impl TestRegistry {
         let db = TestDb::new(db_kind(backend)).await;
         let store = Store::connect(&db.url).await.expect("open registry");
         TestRegistry {
-            registry: Registry::new(store, settings),
+            registry: Registry::new(store, settings).with_audit_key(std::sync::Arc::new(
+                cellfleet::audit_key::AuditKey::ephemeral(),
+            )),
             db,
         }
     }
