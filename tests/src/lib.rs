@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use sqlx::{Connection, Executor};
 
 mod edge;
-pub use edge::{NginxProcess, nginx_bin};
+mod fleet;
+pub use edge::{EnvoyProcess, NginxProcess, envoy_bin, nginx_bin};
+pub use fleet::{EdgeAnswer, LocalFleet, router_health, start_router, through_edge};
 
 /// Which registry backend a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,6 +254,11 @@ impl ServerProcess {
     /// Stops the process like an operator would (SIGTERM, which `up` also passes to its local
     /// fleet), and SIGKILL if it has not exited after 15 s.
     pub fn stop(mut self) {
+        self.halt();
+    }
+
+    /// [`ServerProcess::stop`] without giving the value up (its working directory stays).
+    pub fn halt(&mut self) {
         terminate(&mut self.child, Duration::from_secs(15));
     }
 }

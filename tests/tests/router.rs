@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use cellfleet_e2e::{
-    AgentProcess, Db, NginxProcess, ServerProcess, TestDb, agent_token_file, cli, eventually,
-    free_port, http_get, workspace_bin,
+    EdgeAnswer, LocalFleet, NginxProcess, eventually, free_port, router_health, start_router,
+    through_edge,
 };
 
 /// The shipped example, used as is (the test only changes the ports).
@@ -23,201 +23,30 @@ fn nginx_config(router: &str) -> String {
         )
 }
 
-/// One request through the edge: `(status, served-by cell, selected headers)`.
-struct Edge {
-    status: u16,
-    served_by: Option<String>,
-    reason: Option<String>,
-    retry_after: Option<String>,
-}
-
-fn through(edge: &str, method: &str, path: &str, tenant: Option<&str>) -> Edge {
-    use std::io::{Read, Write};
-    let addr = edge.trim_start_matches("http://");
-    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
-    if let Some(t) = tenant {
-        request.push_str(&format!("X-Tenant-Id: {t}\r\n"));
-    }
-    let body = "{\"body\": \"hello\"}";
-    if method == "POST" {
-        request.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ));
-    } else {
-        request.push_str("\r\n");
-    }
-    let mut response = String::new();
-    let sent = std::net::TcpStream::connect(addr).and_then(|mut s| {
-        s.set_read_timeout(Some(Duration::from_secs(20)))?;
-        s.write_all(request.as_bytes())?;
-        s.read_to_string(&mut response)
-    });
-    if sent.is_err() {
-        return Edge {
-            status: 0,
-            served_by: None,
-            reason: None,
-            retry_after: None,
-        };
-    }
-    let head = response.split("\r\n\r\n").next().unwrap_or_default();
-    let header = |name: &str| {
-        head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_owned())
-        })
-    };
-    Edge {
-        status: head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0),
-        served_by: header("x-served-by"),
-        reason: header("x-cellfleet-reason"),
-        retry_after: header("retry-after"),
-    }
-}
-
-fn cell_of(url: &str, admin: &Path, tenant: &str) -> Option<String> {
-    cli(url, admin, &["tenant", "get", tenant, "-o", "json"]).json()["placements"][0]["cell"]
-        .as_str()
-        .map(str::to_owned)
-}
-
-fn start_router(control_plane: &str, token: &Path, cache: &Path, listen: &str) -> ServerProcess {
-    ServerProcess::start_bin_at(
-        &workspace_bin("cellfleet-router"),
-        listen,
-        &[
-            "--control-plane",
-            control_plane,
-            "--token-file",
-            token.to_str().unwrap_or_default(),
-            "--cache-dir",
-            cache.to_str().unwrap_or_default(),
-            "--poll",
-            "5s",
-        ],
-        "listening on",
-    )
-}
-
-fn health(router: &str) -> serde_json::Value {
-    http_get(router, "/healthz", None)
-        .ok()
-        .and_then(|(_, body)| serde_json::from_str(&body).ok())
-        .unwrap_or_default()
+fn through(edge: &str, method: &str, path: &str, tenant: Option<&str>) -> EdgeAnswer {
+    through_edge(edge, method, path, tenant, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_routes_every_tenant_to_its_cell_through_the_router() {
-    let db = TestDb::new(Db::Sqlite).await;
-    let dir = db.dir.path();
-    let admin = dir.join("admin.token");
-    let server = ServerProcess::start(
-        &[
-            "serve",
-            "--database-url",
-            &db.url,
-            "--admin-token-file",
-            admin.to_str().unwrap_or_default(),
-        ],
-        "listening on",
-    );
-    let url = server.url.clone();
-    let run = |args: &[&str]| cli(&url, &admin, args);
-
-    // Two cells with room for one tenant each, run by their agents.
-    let endpoints: Vec<String> = (0..2)
-        .map(|_| format!("http://127.0.0.1:{}", free_port()))
-        .collect();
-    let fleet = |capacity_a: u32| {
-        format!(
-            "apiVersion: cellfleet.io/v1\nkind: Region\nmetadata: {{name: eu-west-1}}\nspec: {{jurisdiction: eu, location: {{lat: 53.35, lon: -6.26}}}}\n\
-             ---\napiVersion: cellfleet.io/v1\nkind: Cell\nmetadata: {{name: cell-a}}\nspec: {{region: eu-west-1, kind: pooled, env: prod, capacity: {capacity_a}, endpoint: \"{}\"}}\n\
-             ---\napiVersion: cellfleet.io/v1\nkind: Cell\nmetadata: {{name: cell-b}}\nspec: {{region: eu-west-1, kind: pooled, env: prod, capacity: 1, endpoint: \"{}\"}}\n",
-            endpoints[0], endpoints[1]
-        )
-    };
-    let fleet_file = dir.join("fleet.yaml");
-    std::fs::write(&fleet_file, fleet(1)).unwrap_or_default();
-    let fleet_path = fleet_file.to_str().unwrap_or_default();
-    run(&["apply", "-f", fleet_path]).ok();
-    let migrations = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/workload/migrations");
-    run(&[
-        "migration",
-        "add",
-        "-f",
-        migrations.to_str().unwrap_or_default(),
-    ])
-    .ok();
-    let release = dir.join("release.yaml");
-    std::fs::write(
-        &release,
-        format!(
-            "apiVersion: cellfleet.io/v1\nkind: Release\nmetadata: {{name: \"1.0.0\"}}\nspec:\n  artifact: {{command: \"{}\"}}\n  migrations: {{upTo: 2}}\n",
-            workspace_bin("notes-workload").display()
-        ),
-    )
-    .unwrap_or_default();
-    run(&[
-        "release",
-        "create",
-        "-f",
-        release.to_str().unwrap_or_default(),
-    ])
-    .ok();
-    run(&["release", "deploy", "1.0.0"]).ok();
-    let mut agents = Vec::new();
-    for cell in ["cell-a", "cell-b"] {
-        let token_file = agent_token_file(&url, &admin, cell, dir);
-        agents.push(AgentProcess::start(
-            &url,
-            &token_file,
-            cell,
-            &dir.join(cell),
-        ));
-    }
-    for endpoint in &endpoints {
-        eventually(Duration::from_secs(60), "both cells serve", || {
-            matches!(http_get(endpoint, "/healthz", None), Ok((200, _)))
-        });
-    }
-
-    // acme and globex fill both cells; initech waits as a draft (no room).
-    let tenants: String = ["acme", "globex", "initech"]
-        .iter()
-        .map(|t| format!("---\napiVersion: cellfleet.io/v1\nkind: Tenant\nmetadata: {{name: {t}}}\nspec: {{displayName: {t}, profile: mt-standard, residency: {{jurisdiction: eu}}}}\n"))
-        .collect();
-    std::fs::write(dir.join("tenants.yaml"), &tenants).unwrap_or_default();
-    run(&[
-        "apply",
-        "-f",
-        dir.join("tenants.yaml").to_str().unwrap_or_default(),
-    ])
-    .ok();
-    let acme_cell = cell_of(&url, &admin, "acme").unwrap_or_default();
-    let globex_cell = cell_of(&url, &admin, "globex").unwrap_or_default();
+    // Two cells with room for one tenant each, run by their agents; acme and globex fill both
+    // cells; initech waits as a draft (no room).
+    let mut fleet = LocalFleet::start(&[("cell-a", 1), ("cell-b", 1)]).await;
+    let url = fleet.url().to_owned();
+    let dir = fleet.dir().to_owned();
+    fleet.apply_tenants(&[("acme", ""), ("globex", ""), ("initech", "")]);
+    let acme_cell = fleet.cell_of("acme").unwrap_or_default();
+    let globex_cell = fleet.cell_of("globex").unwrap_or_default();
     assert_ne!(acme_cell, globex_cell, "one tenant per cell");
-    assert_eq!(cell_of(&url, &admin, "initech"), None, "no room yet");
+    assert_eq!(fleet.cell_of("initech"), None, "no room yet");
 
     // The edge: router + nginx with the shipped configuration.
-    let edge_token = run(&["token", "create", "--role", "edge", "-o", "json"]).json();
-    let edge_token_file = dir.join("edge.token");
-    std::fs::write(
-        &edge_token_file,
-        edge_token["token"].as_str().unwrap_or_default(),
-    )
-    .unwrap_or_default();
+    let edge_token_file = fleet.edge_token_file();
     let cache = dir.join("router-cache");
     let router_addr = format!("127.0.0.1:{}", free_port());
     let router = start_router(&url, &edge_token_file, &cache, &router_addr);
     eventually(Duration::from_secs(30), "the router syncs", || {
-        health(&router.url)["status"] == "ok"
+        router_health(&router.url)["status"] == "ok"
     });
     let nginx = NginxProcess::start(&nginx_config(&router.url));
     let nginx_pid = nginx.pid();
@@ -254,10 +83,10 @@ async fn nginx_routes_every_tenant_to_its_cell_through_the_router() {
 
     // A placement change (room appears in cell-a, initech is placed there) and a suspension take
     // effect at the edge without touching nginx.
-    std::fs::write(&fleet_file, fleet(2)).unwrap_or_default();
-    run(&["apply", "-f", fleet_path]).ok();
+    fleet.cells[0].2 = 2;
+    fleet.apply_cells();
     assert_eq!(
-        cell_of(&url, &admin, "initech").as_deref(),
+        fleet.cell_of("initech").as_deref(),
         Some("cell-a"),
         "initech placed where room appeared"
     );
@@ -267,7 +96,7 @@ async fn nginx_routes_every_tenant_to_its_cell_through_the_router() {
             .as_deref()
             == Some("cell-a")
     });
-    run(&["tenant", "suspend", "globex"]).ok();
+    fleet.run(&["tenant", "suspend", "globex"]).ok();
     eventually(Duration::from_secs(30), "globex refused", || {
         through(&edge, "GET", "/v1/notes", Some("globex"))
             .reason
@@ -278,20 +107,13 @@ async fn nginx_routes_every_tenant_to_its_cell_through_the_router() {
     assert_eq!((suspended.status, suspended.served_by), (403, None));
 
     // A quota is enforced at the edge: over it, nginx answers 429 with Retry-After.
-    let quota = tenants.replace(
-        "metadata: {name: acme}\nspec: {displayName: acme,",
-        "metadata: {name: acme}\nspec: {displayName: acme, quotas: {requestsPerSecond: 2},",
-    );
-    assert_ne!(quota, tenants);
-    std::fs::write(dir.join("tenants.yaml"), &quota).unwrap_or_default();
-    run(&[
-        "apply",
-        "-f",
-        dir.join("tenants.yaml").to_str().unwrap_or_default(),
-    ])
-    .ok();
+    fleet.apply_tenants(&[
+        ("acme", "quotas: {requestsPerSecond: 2}"),
+        ("globex", ""),
+        ("initech", ""),
+    ]);
     eventually(Duration::from_secs(30), "acme's quota applies", || {
-        let burst: Vec<Edge> = (0..10)
+        let burst: Vec<EdgeAnswer> = (0..10)
             .map(|_| through(&edge, "GET", "/v1/notes", Some("acme")))
             .collect();
         burst.iter().any(|e| {
@@ -306,9 +128,9 @@ async fn nginx_routes_every_tenant_to_its_cell_through_the_router() {
 
     // Static stability: the control plane stops; the router keeps answering from its table...
     std::thread::sleep(Duration::from_millis(1_100)); // let acme's quota refill
-    server.stop();
+    fleet.server.halt();
     eventually(Duration::from_secs(30), "the router notices", || {
-        health(&router.url)["status"] == "stale"
+        router_health(&router.url)["status"] == "stale"
     });
     let check_edge = |what: &str| {
         let initech = through(&edge, "GET", "/v1/notes", Some("initech"));
@@ -337,10 +159,10 @@ async fn nginx_routes_every_tenant_to_its_cell_through_the_router() {
     check_edge("control plane stopped");
 
     // ...and after its own restart with the control plane still down, from its disk copy.
-    let version = health(&router.url)["version"].clone();
+    let version = router_health(&router.url)["version"].clone();
     router.stop();
     let router = start_router(&url, &edge_token_file, &cache, &router_addr);
-    let restored = health(&router.url);
+    let restored = router_health(&router.url);
     assert_eq!(restored["source"], "cache", "{restored}");
     assert_eq!(restored["status"], "stale");
     assert_eq!(restored["version"], version);
@@ -349,5 +171,5 @@ async fn nginx_routes_every_tenant_to_its_cell_through_the_router() {
     assert_eq!(nginx.pid(), nginx_pid, "nginx was never restarted");
     drop(router);
     drop(nginx);
-    drop(agents);
+    drop(fleet);
 }

