@@ -158,6 +158,13 @@ impl RoutingTable {
         Ok(next)
     }
 
+    /// Every route, in no particular order.
+    pub fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.tenants
+            .values()
+            .flat_map(|envs| envs.iter().map(|(_, r)| r))
+    }
+
     /// The table as a snapshot (for persisting the last good table).
     pub fn to_snapshot(&self) -> RoutesSnapshot {
         let mut entries: Vec<RouteEntry> = Vec::with_capacity(self.len);

@@ -143,6 +143,12 @@ async fn nginx_mode_answers_only_what_auth_request_understands() {
         ok.header("x-cell-endpoint"),
         Some("http://cell-a.internal:8080")
     );
+    // Where to proxy: the cell's host:port until nginx has its pooled upstream, then its name.
+    assert_eq!(ok.header("x-cell-upstream"), Some("cell-a.internal:8080"));
+    assert_eq!(ok.header("x-cell-scheme"), Some("http"));
+    r.state.nginx_loaded(["cell-a".to_owned()].into());
+    let pooled = r.get("/nginx/auth", &[("x-tenant-id", "acme")]).await;
+    assert_eq!(pooled.header("x-cell-upstream"), Some("cellfleet_cell_a"));
 
     for (headers, reason) in [
         (vec![], "no-tenant"),

@@ -34,7 +34,12 @@ impl NginxProcess {
     /// Runs nginx with `server_config` (what would go in `conf.d/`, i.e. inside `http {}`)
     /// after replacing `listen 8080` with a free port. Waits until it accepts connections.
     pub fn start(server_config: &str) -> NginxProcess {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(tempfile::tempdir().expect("tempdir"), server_config)
+    }
+
+    /// [`NginxProcess::start`] in a directory the caller made (to know where its pid file,
+    /// `nginx.pid`, will be beforehand).
+    pub fn start_in(dir: tempfile::TempDir, server_config: &str) -> NginxProcess {
         let port = free_port();
         let p = dir.path();
         let snippet = p.join("cellfleet.conf");

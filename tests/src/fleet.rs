@@ -164,26 +164,30 @@ impl LocalFleet {
     }
 }
 
-/// Starts `cellfleet-router` on `listen` for `control_plane`, with its cache in `cache`.
+/// Starts `cellfleet-router` on `listen` for `control_plane`, with its cache in `cache` and
+/// `extra` arguments.
 pub fn start_router(
     control_plane: &str,
     token: &Path,
     cache: &Path,
     listen: &str,
+    extra: &[&str],
 ) -> ServerProcess {
+    let mut args = vec![
+        "--control-plane",
+        control_plane,
+        "--token-file",
+        token.to_str().unwrap_or_default(),
+        "--cache-dir",
+        cache.to_str().unwrap_or_default(),
+        "--poll",
+        "5s",
+    ];
+    args.extend_from_slice(extra);
     ServerProcess::start_bin_at(
         &workspace_bin("cellfleet-router"),
         listen,
-        &[
-            "--control-plane",
-            control_plane,
-            "--token-file",
-            token.to_str().unwrap_or_default(),
-            "--cache-dir",
-            cache.to_str().unwrap_or_default(),
-            "--poll",
-            "5s",
-        ],
+        &args,
         "listening on",
     )
 }

@@ -50,6 +50,7 @@ async fn envoy_routes_every_tenant_to_its_cell_through_the_router() {
         &token,
         &fleet.dir().join("router-cache"),
         &format!("127.0.0.1:{}", free_port()),
+        &[],
     );
     eventually(Duration::from_secs(30), "the router syncs", || {
         router_health(&router.url)["status"] == "ok"

@@ -12,15 +12,41 @@ use cellfleet_e2e::{
     through_edge,
 };
 
-/// The shipped example, used as is (the test only changes the ports).
-fn nginx_config(router: &str) -> String {
+/// The shipped example, used as is (the test only changes the ports and where the router's
+/// upstreams file lives).
+fn nginx_config(router: &str, upstreams: &Path) -> String {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/nginx/cellfleet.conf");
-    std::fs::read_to_string(&example)
-        .unwrap_or_else(|e| panic!("{}: {e}", example.display()))
+    let text =
+        std::fs::read_to_string(&example).unwrap_or_else(|e| panic!("{}: {e}", example.display()));
+    let changed = text
         .replace(
             "server 127.0.0.1:7480;",
             &format!("server {};", router.trim_start_matches("http://")),
         )
+        .replace(
+            "/var/lib/cellfleet-router/nginx/upstreams*.conf",
+            &format!("{}/upstreams*.conf", upstreams.display()),
+        );
+    assert_ne!(text, changed);
+    changed
+}
+
+/// TCP connections a cell's workload accepted so far (from its metrics).
+fn accepted(endpoint: &str) -> u64 {
+    let (_, text) = cellfleet_e2e::http_get(endpoint, "/metrics", None).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("workload_connections_accepted_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The router's count of nginx reloads that worked.
+fn reloads(router: &str) -> u64 {
+    let (_, text) = cellfleet_e2e::http_get(router, "/metrics", None).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("cellfleet_router_nginx_reloads_total{outcome=\"ok\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn through(edge: &str, method: &str, path: &str, tenant: Option<&str>) -> EdgeAnswer {
@@ -42,15 +68,43 @@ async fn nginx_routes_every_tenant_to_its_cell_through_the_router() {
 
     // The edge: router + nginx with the shipped configuration.
     let edge_token_file = fleet.edge_token_file();
+    // nginx first (it starts without the router's upstreams: the include is a glob), then the
+    // router, which writes one upstream per cell and reloads nginx.
     let cache = dir.join("router-cache");
     let router_addr = format!("127.0.0.1:{}", free_port());
-    let router = start_router(&url, &edge_token_file, &cache, &router_addr);
+    let nginx_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let upstreams = nginx_dir.path().join("upstreams");
+    let nginx_pid_file = nginx_dir.path().join("nginx.pid");
+    let nginx = NginxProcess::start_in(
+        nginx_dir,
+        &nginx_config(&format!("http://{router_addr}"), &upstreams),
+    );
+    let nginx_pid = nginx.pid();
+    let edge = nginx.url.clone();
+    let upstreams_file = upstreams.join("upstreams.conf");
+    let reload = format!("kill -HUP $(cat {})", nginx_pid_file.display());
+    let router_args = [
+        "--nginx-upstreams",
+        upstreams_file.to_str().unwrap_or_default(),
+        "--nginx-reload-command",
+        &reload,
+    ];
+    let router = start_router(&url, &edge_token_file, &cache, &router_addr, &router_args);
     eventually(Duration::from_secs(30), "the router syncs", || {
         router_health(&router.url)["status"] == "ok"
     });
-    let nginx = NginxProcess::start(&nginx_config(&router.url));
-    let nginx_pid = nginx.pid();
-    let edge = nginx.url.clone();
+    eventually(
+        Duration::from_secs(30),
+        "nginx has the cells' upstreams",
+        || reloads(&router.url) >= 1,
+    );
+    let rendered = std::fs::read_to_string(&upstreams_file).unwrap_or_default();
+    for cell in [&acme_cell, &globex_cell] {
+        assert!(
+            rendered.contains(&format!("upstream cellfleet_{} {{", cell.replace('-', "_"))),
+            "{rendered}"
+        );
+    }
 
     // Each tenant reaches its own cell; writes land there.
     for (tenant, cell) in [("acme", &acme_cell), ("globex", &globex_cell)] {
@@ -68,6 +122,26 @@ async fn nginx_routes_every_tenant_to_its_cell_through_the_router() {
             (200, Some(cell.as_str()))
         );
     }
+
+    // nginx keeps its connections to the cells: many requests, few connections.
+    let acme_endpoint = fleet
+        .cells
+        .iter()
+        .find(|(c, _, _)| *c == acme_cell)
+        .map(|(_, e, _)| e.clone())
+        .unwrap_or_default();
+    eventually(
+        Duration::from_secs(30),
+        "requests to a cell share connections",
+        || {
+            let before = accepted(&acme_endpoint);
+            for _ in 0..20 {
+                through(&edge, "GET", "/v1/notes", Some("acme"));
+            }
+            accepted(&acme_endpoint) - before <= 3
+        },
+    );
+    let reloads_before = reloads(&router.url);
 
     // Unknown, missing and draft tenants are refused by nginx with the router's reason.
     for (tenant, reason) in [
@@ -125,6 +199,11 @@ async fn nginx_routes_every_tenant_to_its_cell_through_the_router() {
             .all(|e| e.status == 429 || e.served_by.as_deref() == Some(acme_cell.as_str()))
     });
     assert_eq!(nginx.pid(), nginx_pid, "nginx was never restarted");
+    assert_eq!(
+        reloads(&router.url),
+        reloads_before,
+        "tenant changes (a placement, a suspension, a quota) never reloaded nginx"
+    );
 
     // Static stability: the control plane stops; the router keeps answering from its table...
     std::thread::sleep(Duration::from_millis(1_100)); // let acme's quota refill
@@ -161,7 +240,7 @@ async fn nginx_routes_every_tenant_to_its_cell_through_the_router() {
     // ...and after its own restart with the control plane still down, from its disk copy.
     let version = router_health(&router.url)["version"].clone();
     router.stop();
-    let router = start_router(&url, &edge_token_file, &cache, &router_addr);
+    let router = start_router(&url, &edge_token_file, &cache, &router_addr, &router_args);
     let restored = router_health(&router.url);
     assert_eq!(restored["source"], "cache", "{restored}");
     assert_eq!(restored["status"], "stale");

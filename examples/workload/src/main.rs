@@ -86,6 +86,8 @@ struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<TenantLabels, Histogram>,
+    /// TCP connections accepted: with a pooling edge in front, far fewer than requests.
+    connections: Counter,
 }
 
 #[derive(Debug, Clone)]
@@ -452,10 +454,17 @@ fn metrics_registry(release: &str) -> Metrics {
         release.to_owned(),
     )]);
     registry.register("build", "The release this process runs", info);
+    let connections = Counter::default();
+    registry.register(
+        "connections_accepted",
+        "TCP connections accepted",
+        connections.clone(),
+    );
     Metrics {
         registry,
         requests,
         latency,
+        connections,
     }
 }
 
@@ -483,6 +492,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         state.release,
         listener.local_addr()?
     );
+    let accepted = state.metrics.connections.clone();
+    let listener = axum::serve::ListenerExt::tap_io(listener, move |_| {
+        accepted.inc();
+    });
     axum::serve(listener, app(state))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

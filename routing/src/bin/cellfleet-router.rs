@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::http::HeaderName;
+use cellfleet_routing::router::nginx_upstreams::NginxUpstreams;
 use cellfleet_routing::router::{RouterConfig, SidecarConfig, TenantSource, run_sidecar};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -68,6 +69,21 @@ struct Args {
     /// Longest wait of one long-poll to the control plane.
     #[arg(long, env = "CELLFLEET_ROUTER_POLL", default_value = "30s", value_parser = humantime::parse_duration)]
     poll: Duration,
+    /// Write one nginx `upstream` block per cell (with keepalive) to this file, for the nginx
+    /// edge to include: nginx then reuses its connections to cells. Rewritten only when cells
+    /// change; needs --nginx-reload-command.
+    #[arg(
+        long,
+        env = "CELLFLEET_ROUTER_NGINX_UPSTREAMS",
+        requires = "nginx_reload_command"
+    )]
+    nginx_upstreams: Option<PathBuf>,
+    /// Run with `sh -c` after the upstreams file changed, e.g. "nginx -s reload".
+    #[arg(long, env = "CELLFLEET_ROUTER_NGINX_RELOAD_COMMAND")]
+    nginx_reload_command: Option<String>,
+    /// Idle connections nginx keeps to each cell.
+    #[arg(long, env = "CELLFLEET_ROUTER_NGINX_KEEPALIVE", default_value_t = 32)]
+    nginx_keepalive: u32,
 }
 
 fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
@@ -132,6 +148,12 @@ fn main() -> std::process::ExitCode {
                 cluster_header: args.cluster_header.clone(),
                 lookup_token,
             },
+            nginx_upstreams: args.nginx_upstreams.clone().map(|file| NginxUpstreams {
+                file,
+                reload_command: args.nginx_reload_command.clone(),
+                keepalive: args.nginx_keepalive,
+                grace: Duration::from_secs(2),
+            }),
         };
         let threads = args.worker_threads.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)

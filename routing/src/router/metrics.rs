@@ -77,6 +77,12 @@ pub struct RouterMetrics {
     from_cache: Gauge,
     quota_tenants: Gauge,
     cache_write_failures: Counter,
+    nginx_reloads: Family<ReloadLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    outcome: &'static str,
 }
 
 impl Default for RouterMetrics {
@@ -145,7 +151,14 @@ impl Default for RouterMetrics {
             "Failed writes of the on-disk table",
             cache_write_failures.clone(),
         );
+        let nginx_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "nginx_reloads",
+            "nginx reloads after the per-cell upstreams changed, by outcome",
+            nginx_reloads.clone(),
+        );
         RouterMetrics {
+            nginx_reloads,
             registry,
             decisions,
             held,
@@ -177,6 +190,14 @@ impl RouterMetrics {
 
     pub fn cache_write_failed(&self) {
         self.cache_write_failures.inc();
+    }
+
+    pub fn nginx_reloaded(&self, ok: bool) {
+        self.nginx_reloads
+            .get_or_create(&ReloadLabels {
+                outcome: if ok { "ok" } else { "failed" },
+            })
+            .inc();
     }
 
     pub fn render(&self, t: TableGauges) -> String {

@@ -17,9 +17,11 @@
 mod admission;
 pub mod cache;
 mod metrics;
+pub mod nginx_upstreams;
 mod quota;
 mod tenant_source;
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -52,6 +54,10 @@ pub const X_CELL_ENDPOINT: HeaderName = HeaderName::from_static("x-cell-endpoint
 pub const X_REASON: HeaderName = HeaderName::from_static("x-cellfleet-reason");
 /// In nginx mode, the status a "retry later" 401 stands for (429 or 503).
 pub const X_STATUS: HeaderName = HeaderName::from_static("x-cellfleet-status");
+/// In nginx mode, where to proxy: a pooled upstream's name, or the cell's `host:port`.
+pub const X_CELL_UPSTREAM: HeaderName = HeaderName::from_static("x-cell-upstream");
+/// In nginx mode, the scheme to proxy with (`http` or `https`).
+pub const X_CELL_SCHEME: HeaderName = HeaderName::from_static("x-cell-scheme");
 
 /// How the router answers (everything but where the table comes from).
 #[derive(Debug, Clone)]
@@ -97,6 +103,10 @@ struct Inner {
     serving_cache: AtomicBool,
     quotas: Quotas,
     metrics: RouterMetrics,
+    /// The nginx answer per cell (see `nginx_upstreams`), recomputed on every publish.
+    nginx_targets: ArcSwap<HashMap<Box<str>, nginx_upstreams::Target>>,
+    /// Cells whose upstream block nginx has loaded.
+    nginx_loaded: std::sync::Mutex<HashSet<String>>,
 }
 
 impl RouterState {
@@ -109,6 +119,10 @@ impl RouterState {
         serving_cache: bool,
     ) -> Self {
         let version = table.load().version();
+        let targets = nginx_upstreams::targets(
+            &nginx_upstreams::cell_addresses(&table.load()),
+            &HashSet::new(),
+        );
         RouterState {
             inner: Arc::new(Inner {
                 token_digest: config.lookup_token.as_deref().map(digest),
@@ -119,6 +133,8 @@ impl RouterState {
                 serving_cache: AtomicBool::new(serving_cache),
                 quotas: Quotas::default(),
                 metrics: RouterMetrics::default(),
+                nginx_targets: ArcSwap::from_pointee(targets),
+                nginx_loaded: std::sync::Mutex::new(HashSet::new()),
             }),
         }
     }
@@ -126,7 +142,27 @@ impl RouterState {
     /// Tells the router a new table is in place (after it was stored): wakes held requests.
     pub fn published(&self, table: &RoutingTable) {
         self.inner.serving_cache.store(false, Ordering::Relaxed);
+        self.refresh_nginx_targets(table);
         self.inner.published.send_replace(table.version());
+    }
+
+    /// Notes that nginx has loaded the upstream blocks of `cells` (see `nginx_upstreams`).
+    pub fn nginx_loaded(&self, cells: HashSet<String>) {
+        if let Ok(mut loaded) = self.inner.nginx_loaded.lock() {
+            *loaded = cells;
+        }
+        self.refresh_nginx_targets(&self.table());
+    }
+
+    fn refresh_nginx_targets(&self, table: &RoutingTable) {
+        let loaded = self
+            .inner
+            .nginx_loaded
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default();
+        let targets = nginx_upstreams::targets(&nginx_upstreams::cell_addresses(table), &loaded);
+        self.inner.nginx_targets.store(Arc::new(targets));
     }
 
     pub fn table(&self) -> Arc<RoutingTable> {
@@ -394,6 +430,39 @@ async fn proxy_decision(
                     format!("the cell serving tenant {tenant:?} declares no endpoint"),
                 );
             }
+            if mode == Mode::Nginx {
+                let target = dest.cell.to_str().ok().and_then(|cell| {
+                    state
+                        .inner
+                        .nginx_targets
+                        .load()
+                        .get(cell)
+                        .cloned()
+                        .or_else(|| {
+                            // A cell newer than the targets (published a moment ago): direct.
+                            let endpoint = dest.endpoint.as_ref()?.to_str().ok()?;
+                            let address = nginx_upstreams::cell_addresses_of(cell, endpoint)?;
+                            nginx_upstreams::targets(&address, &HashSet::new()).remove(cell)
+                        })
+                });
+                let Some(target) = target else {
+                    state.inner.metrics.decided(mode, Outcome::NoEndpoint);
+                    return refusal(
+                        StatusCode::FORBIDDEN,
+                        "no-endpoint",
+                        format!(
+                            "the endpoint of the cell serving tenant {tenant:?} is not an http(s) URL"
+                        ),
+                    );
+                };
+                state.inner.metrics.decided(mode, Outcome::Routed);
+                let mut response = Response::new(Body::empty());
+                let headers = response.headers_mut();
+                headers.insert(X_CELL_UPSTREAM, target.upstream);
+                headers.insert(X_CELL_SCHEME, target.scheme);
+                insert_destination(headers, dest);
+                return response;
+            }
             state.inner.metrics.decided(mode, Outcome::Routed);
             let mut response = Response::new(Body::empty());
             let headers = response.headers_mut();
@@ -490,6 +559,8 @@ pub struct SidecarConfig {
     /// Longest wait of one long-poll.
     pub poll: Duration,
     pub router: RouterConfig,
+    /// Render per-cell nginx upstreams (connection pooling to cells).
+    pub nginx_upstreams: Option<nginx_upstreams::NginxUpstreams>,
 }
 
 /// Why the sidecar could not start.
@@ -580,6 +651,13 @@ pub async fn run_sidecar(
         saved_version,
         until_stopped(stopping.clone()),
     ));
+    let rendering = config.nginx_upstreams.clone().map(|cfg| {
+        tokio::spawn(render_nginx_upstreams(
+            state.clone(),
+            cfg,
+            until_stopped(stopping.clone()),
+        ))
+    });
     let served = serve(listener, app(state), async move {
         shutdown.await;
         let _ = stop.send(true);
@@ -587,7 +665,79 @@ pub async fn run_sidecar(
     .await;
     let _ = syncing.await;
     let _ = persisting.await;
+    if let Some(rendering) = rendering {
+        let _ = rendering.await;
+    }
     served.map_err(SidecarError::Serve)
+}
+
+/// Keeps the per-cell nginx upstreams file in step with the cells of the table, reloading nginx
+/// when it changes (see `nginx_upstreams`). A failed write or reload is retried every 5 s.
+async fn render_nginx_upstreams(
+    state: RouterState,
+    cfg: nginx_upstreams::NginxUpstreams,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    const RETRY: Duration = Duration::from_secs(5);
+    tokio::pin!(shutdown);
+    let mut published = state.inner.published.subscribe();
+    let mut written: Option<std::collections::BTreeMap<String, nginx_upstreams::Address>> = None;
+    let mut unloaded = false;
+    loop {
+        let table = state.table();
+        // No table yet (nothing synced, nothing cached): an empty file would drop every cell.
+        let mut retry = false;
+        if table.version() > 0 {
+            let cells = nginx_upstreams::cell_addresses(&table);
+            if written.as_ref() != Some(&cells) {
+                let text = nginx_upstreams::render(&cells, cfg.keepalive, table.version());
+                let file = cfg.file.clone();
+                let wrote = tokio::task::spawn_blocking(move || {
+                    nginx_upstreams::write_atomically(&file, &text)
+                })
+                .await;
+                match wrote {
+                    Ok(Ok(())) => {
+                        tracing::info!(file = %cfg.file.display(), cells = cells.len(), "nginx upstreams written");
+                        written = Some(cells);
+                        unloaded = true;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, file = %cfg.file.display(), "cannot write the nginx upstreams");
+                        retry = true;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "nginx upstreams writer failed");
+                        retry = true;
+                    }
+                }
+            }
+            if unloaded && let Some(cells) = &written {
+                let reloaded = match &cfg.reload_command {
+                    Some(command) => nginx_upstreams::reload(command).await,
+                    None => Ok(()),
+                };
+                state.inner.metrics.nginx_reloaded(reloaded.is_ok());
+                match reloaded {
+                    Ok(()) => {
+                        // nginx's new workers take the configuration a moment after the signal.
+                        tokio::time::sleep(cfg.grace).await;
+                        state.nginx_loaded(cells.keys().cloned().collect());
+                        unloaded = false;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "nginx reload failed; cells stay reached directly");
+                        retry = true;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            changed = published.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(RETRY), if retry => {}
+        }
+    }
 }
 
 /// Serves HTTP/1.1 until `shutdown`, then lets open connections finish (at most 10 s).
