@@ -410,6 +410,8 @@ fn up_brings_up_the_sample_fleet_and_resumes_it() {
         banner.contains("15 objects (15 new or changed), 5 placements made now"),
         "{banner}"
     );
+    // The banner comes once every cell serves: nothing to wait for after it.
+    assert!(banner.contains("7 cells serving locally"), "{banner}");
     let token_file = fleet_dir.join("admin.token");
     let tenants = cli(&server.url, &token_file, &["tenant", "list", "-o", "json"]).json();
     let states: Vec<(String, String)> = tenants
@@ -484,6 +486,52 @@ fn up_brings_up_the_sample_fleet_and_resumes_it() {
     )
     .unwrap();
     assert_eq!(status, 201);
+
+    // A second fleet on the same machine takes other ports and serves too.
+    let other_dir = dir.path().join("other");
+    let other = ServerProcess::start(
+        &["up", "--dir", other_dir.to_str().unwrap()],
+        "Ctrl-C stops it",
+    );
+    let other_token = other_dir.join("admin.token");
+    let other_cells = cli(&other.url, &other_token, &["cell", "list", "-o", "json"]).json();
+    let ours: Vec<&serde_json::Value> = cells
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["endpoint"])
+        .collect();
+    for c in other_cells.as_array().unwrap() {
+        assert!(!ours.contains(&&c["endpoint"]), "{} shared", c["endpoint"]);
+    }
+    other.stop();
+
+    // A cell whose port another process holds: `up` does not claim success.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = squatter.local_addr().unwrap().port() - 1;
+    let squatted_dir = dir.path().join("squatted");
+    let out = std::process::Command::new(cellfleet_e2e::cellfleet_bin())
+        .args(["up", "--dir", squatted_dir.to_str().unwrap()])
+        .args(["--port-base", &base.to_string(), "--ready-timeout", "20s"])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", cellfleet_e2e::free_port()),
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stdout}");
+    assert!(!stdout.contains("cellfleet is up"), "{stdout}");
+    assert!(
+        stderr.contains("the local fleet is not serving")
+            && stderr.contains(&format!("euw1-canary-1 (http://127.0.0.1:{})", base + 1))
+            && stderr.contains("Address already in use"),
+        "{stderr}"
+    );
+    drop(squatter);
+
     server.stop();
     assert!(
         http_get(&endpoint, "/healthz", None).is_err(),

@@ -32,6 +32,90 @@ pub struct UpArgs {
     /// roles) instead of a SQLite file in its directory.
     #[arg(long, env = "CELLFLEET_CELL_DATABASE_URL")]
     pub cell_database_url: Option<String>,
+    /// Serve the sample cells on ports BASE+1 … BASE+7 of 127.0.0.1 [default: the ports the
+    /// registry already has, else 9101–9107 if all are free, else free ports the system gives].
+    #[arg(long)]
+    pub port_base: Option<u16>,
+    /// How long to wait for every cell's workload to serve before giving up.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    pub ready_timeout: std::time::Duration,
+}
+
+/// The sample cells, in the order of `examples/fleet/sample-fleet.yaml`, each with the port the
+/// file gives it (9101–9107).
+fn sample_cells() -> Vec<(String, u16)> {
+    let mut out = Vec::new();
+    let mut name: Option<String> = None;
+    for line in SAMPLE_FLEET.lines() {
+        if let Some(rest) = line.strip_prefix("metadata: {name: ") {
+            name = rest.split([',', '}']).next().map(str::to_owned);
+        }
+        if let Some((_, port)) = line.split_once("endpoint: \"http://127.0.0.1:")
+            && let Some(port) = port.split('"').next().and_then(|p| p.parse().ok())
+            && let Some(n) = name.take()
+        {
+            out.push((n, port));
+        }
+    }
+    out
+}
+
+/// Whether nothing listens on `127.0.0.1:port` now.
+fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// The port each sample cell serves on (see `--port-base`).
+async fn cell_ports(
+    registry: &crate::service::Registry,
+    base: Option<u16>,
+) -> anyhow::Result<Vec<(String, u16)>> {
+    let sample = sample_cells();
+    if let Some(base) = base {
+        return sample
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| {
+                let port = u16::try_from(i + 1)
+                    .ok()
+                    .and_then(|i| base.checked_add(i))
+                    .ok_or_else(|| anyhow::anyhow!("--port-base {base}: ports past 65535"))?;
+                Ok((name.clone(), port))
+            })
+            .collect();
+    }
+    // Resuming: the ports the registry has.
+    let registered: std::collections::HashMap<String, u16> = registry
+        .cells()
+        .await?
+        .into_iter()
+        .filter_map(|c| {
+            let port = reqwest::Url::parse(c.endpoint.as_deref()?).ok()?.port()?;
+            Some((c.name.to_string(), port))
+        })
+        .collect();
+    if sample.iter().all(|(name, _)| registered.contains_key(name)) {
+        return Ok(sample
+            .into_iter()
+            .map(|(name, _)| {
+                let port = registered[&name];
+                (name, port)
+            })
+            .collect());
+    }
+    if sample.iter().all(|(_, port)| port_free(*port)) {
+        return Ok(sample);
+    }
+    // Another fleet (or anything) holds the usual ports: take free ones. Each probe socket is
+    // held until all are chosen, so no two cells get the same port.
+    let mut probes = Vec::new();
+    let mut chosen = Vec::new();
+    for (name, _) in sample {
+        let probe = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        chosen.push((name, probe.local_addr()?.port()));
+        probes.push(probe);
+    }
+    Ok(chosen)
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
@@ -55,13 +139,22 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     .await?;
     let registry = server.registry.clone();
     let system = Caller::system("up");
+    // The sample fleet with this machine's ports for its cells.
+    let ports = cell_ports(&registry, args.port_base).await?;
+    let mut fleet_yaml = SAMPLE_FLEET.to_owned();
+    for ((_, sample_port), (_, port)) in sample_cells().iter().zip(&ports) {
+        fleet_yaml = fleet_yaml.replace(
+            &format!("\"http://127.0.0.1:{sample_port}\""),
+            &format!("\"http://127.0.0.1:{port}\""),
+        );
+    }
     let applied = registry
         .apply(
             &system,
             Role::Admin,
             &[ManifestFile {
                 name: "examples/fleet/sample-fleet.yaml".into(),
-                content: SAMPLE_FLEET.into(),
+                content: fleet_yaml,
             }],
             false,
         )
@@ -118,6 +211,14 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    // Up means serving: every cell's own workload answers at the deployed release. Anything
+    // else is a failure with the cells' reasons, not a banner.
+    if let Err(e) = wait_until_serving(&registry, &dir, args.ready_timeout).await {
+        fleet.stop().await;
+        let _ = stop_server.send(());
+        let _ = serving.await;
+        return Err(e);
+    }
 
     println!("cellfleet is up at {url}");
     println!("  registry:    {}", dir.join("cellfleet.db").display());
@@ -128,7 +229,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         applied.placed.len()
     );
     println!(
-        "  {} cells running locally: agents, databases and logs in {}/cells/",
+        "  {} cells serving locally: agents, databases and logs in {}/cells/",
         fleet.len(),
         dir.display()
     );
@@ -159,6 +260,73 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     fleet.stop().await;
     let _ = stop_server.send(());
     serving.await.context("server task")?
+}
+
+/// Waits until every cell reports its workload running at the desired release and the desired
+/// generation, printing progress; fails with each lagging cell's state and errors after
+/// `timeout` (a port another process holds shows as the workload's crash loop).
+async fn wait_until_serving(
+    registry: &crate::service::Registry,
+    dir: &std::path::Path,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut said = usize::MAX;
+    loop {
+        let cells = registry.cells().await?;
+        let mut lagging = Vec::new();
+        for c in &cells {
+            let desired = registry.desired_state(&c.name).await?;
+            let serving = c.workload.as_ref().is_some_and(|w| {
+                w.state == cellfleet_api::WorkloadState::Running
+                    && w.tenants_generation == Some(c.desired_generation)
+            }) && c.release == desired.release.map(|r| r.version)
+                && c.observed_generation == Some(c.desired_generation);
+            if !serving {
+                lagging.push(c);
+            }
+        }
+        if lagging.is_empty() {
+            return Ok(());
+        }
+        let ready = cells.len() - lagging.len();
+        if ready != said {
+            println!(
+                "waiting for the cells to serve: {ready}/{} ready",
+                cells.len()
+            );
+            said = ready;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let why: Vec<String> = lagging
+                .iter()
+                .map(|c| {
+                    let state = c
+                        .workload
+                        .as_ref()
+                        .and_then(|w| serde_json::to_value(w.state).ok())
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_else(|| "no report".to_owned());
+                    format!(
+                        "{} ({}): {state}{}",
+                        c.name,
+                        c.endpoint.as_deref().unwrap_or("no endpoint"),
+                        c.errors
+                            .first()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default()
+                    )
+                })
+                .collect();
+            anyhow::bail!(
+                "the local fleet is not serving after {}: {} (agent logs: {}/cells/CELL/agent.log; another fleet on these ports? try --port-base)",
+                humantime::format_duration(timeout),
+                why.join("; "),
+                dir.display()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
 
 /// The endpoint of the cell `tenant`'s prod environment is placed on.

@@ -1,0 +1,118 @@
+//! Helpers shared by the HTTP benchmarks: pinned processes, wrk runs, order statistics.
+#![allow(dead_code)]
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// Connections of every closed-loop load.
+pub const CONNECTIONS: usize = 50;
+
+pub struct Kill(pub Vec<Child>);
+
+impl Drop for Kill {
+    /// SIGTERM first: nginx's master stops its worker on it (a SIGKILLed master would leave the
+    /// worker running); SIGKILL whatever is left after 5 s.
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            if let Ok(pid) = i32::try_from(c.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for c in &mut self.0 {
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+pub fn tool(name: &str) -> String {
+    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return p.display().to_string();
+        }
+    }
+    panic!("{name} is not installed: apt-get install wrk nginx redis-server");
+}
+
+pub fn pinned(cpu: &str, program: &str) -> Command {
+    let mut c = Command::new("taskset");
+    c.args(["-c", cpu, program]);
+    c
+}
+
+pub fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `(requests/s, p99 ms)` from one wrk run; panics unless every answer was a 200.
+pub fn wrk(url: &str, script: &str, secs: u64) -> (f64, f64) {
+    let out = pinned("1", &tool("wrk"))
+        .args(["-t1", &format!("-c{CONNECTIONS}"), &format!("-d{secs}s")])
+        .args(["--latency", "-s", script, url])
+        .output()
+        .expect("run wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("Non-2xx"),
+        "{url} answered errors under load:\n{text}"
+    );
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no throughput in wrk output:\n{text}"));
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(|v| parse_wrk_duration(v.trim()))
+        .unwrap_or(f64::NAN);
+    (rps, p99)
+}
+
+/// wrk prints latencies as `812.00us`, `1.23ms` or `1.01s`; in milliseconds.
+pub fn parse_wrk_duration(v: &str) -> f64 {
+    let (num, scale) = if let Some(n) = v.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        (v, f64::NAN)
+    };
+    num.parse::<f64>().map_or(f64::NAN, |n| n * scale)
+}
+
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
