@@ -487,6 +487,19 @@ fn up_brings_up_the_sample_fleet_and_resumes_it() {
     .unwrap();
     assert_eq!(status, 201);
 
+    // The examples folder applies as a whole (fleet and release): nothing new for this fleet.
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fleet");
+    let applied = cli(
+        &server.url,
+        &token_file,
+        &["apply", "-f", examples.to_str().unwrap(), "--dry-run"],
+    );
+    assert!(
+        applied.ok().contains("Release 1.0.0 unchanged"),
+        "{}",
+        applied.stdout
+    );
+
     // A second fleet on the same machine takes other ports and serves too.
     let other_dir = dir.path().join("other");
     let other = ServerProcess::start(
