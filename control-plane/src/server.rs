@@ -36,38 +36,36 @@ pub struct ServerConfig {
 /// Default interval of audit checkpoints: records newer than this are not yet anchored.
 pub const AUDIT_CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
 
-/// The default audit key and checkpoint log for a database URL.
-pub fn default_audit_files(database_url: &str) -> (PathBuf, PathBuf) {
+/// A file the server keeps beside its registry: next to a SQLite database (`{stem}.{suffix}`),
+/// else `./{fallback}` (PostgreSQL has no directory of its own).
+fn beside_registry(database_url: &str, suffix: &str, fallback: &str) -> PathBuf {
     match sqlite_path(database_url) {
         Some(db) => {
             let stem = db
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "cellfleet".into());
-            (
-                db.with_file_name(format!("{stem}.audit-key")),
-                db.with_file_name(format!("{stem}.audit-checkpoints.jsonl")),
-            )
+            db.with_file_name(format!("{stem}.{suffix}"))
         }
-        None => (
-            PathBuf::from("cellfleet-audit.key"),
-            PathBuf::from("cellfleet-audit-checkpoints.jsonl"),
-        ),
+        None => PathBuf::from(fallback),
     }
+}
+
+/// The default audit key and checkpoint log for a database URL.
+pub fn default_audit_files(database_url: &str) -> (PathBuf, PathBuf) {
+    (
+        beside_registry(database_url, "audit-key", "cellfleet-audit.key"),
+        beside_registry(
+            database_url,
+            "audit-checkpoints.jsonl",
+            "cellfleet-audit-checkpoints.jsonl",
+        ),
+    )
 }
 
 /// The default place of the bootstrap token for a database URL.
 pub fn default_token_file(database_url: &str) -> PathBuf {
-    match sqlite_path(database_url) {
-        Some(db) => {
-            let stem = db
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "cellfleet".into());
-            db.with_file_name(format!("{stem}.admin-token"))
-        }
-        None => PathBuf::from("cellfleet-admin.token"),
-    }
+    beside_registry(database_url, "admin-token", "cellfleet-admin.token")
 }
 
 /// A control plane that is bound and ready to serve.

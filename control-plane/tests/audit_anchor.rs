@@ -77,23 +77,19 @@ async fn rewrite_consistently(conn: &mut sqlx::AnyConnection, seq: i64) {
 async fn the_signed_checkpoints_catch_what_the_chain_cannot(db: Db) {
     let registry = TestDb::new(db).await;
     let dir = registry.dir.path();
-    let admin = dir.join("admin.token");
     let key = dir.join("keys/audit.key");
     let log = dir.join("elsewhere/checkpoints.jsonl");
-    let args = [
-        "serve",
-        "--database-url",
-        &registry.url,
-        "--admin-token-file",
-        admin.to_str().unwrap(),
-        "--audit-key-file",
-        key.to_str().unwrap(),
-        "--audit-checkpoint-log",
-        log.to_str().unwrap(),
-        "--audit-checkpoint-interval",
-        "1h",
-    ];
-    let server = ServerProcess::start(&args, "listening on");
+    let (server, admin) = ServerProcess::serve(
+        &registry,
+        &[
+            "--audit-key-file",
+            key.to_str().unwrap(),
+            "--audit-checkpoint-log",
+            log.to_str().unwrap(),
+            "--audit-checkpoint-interval",
+            "1h",
+        ],
+    );
     assert!(
         server
             .banner
@@ -209,20 +205,15 @@ async fn the_signed_checkpoints_catch_what_the_chain_cannot(db: Db) {
 async fn a_stop_checkpoints_the_last_records(db: Db) {
     let registry = TestDb::new(db).await;
     let dir = registry.dir.path();
-    let admin = dir.join("admin.token");
     let key = dir.join("audit.key");
+    let log = dir.join("log.jsonl");
     let args = [
-        "serve",
-        "--database-url",
-        &registry.url,
-        "--admin-token-file",
-        admin.to_str().unwrap(),
         "--audit-key-file",
         key.to_str().unwrap(),
         "--audit-checkpoint-log",
-        dir.join("log.jsonl").to_str().unwrap().to_owned().leak(),
+        log.to_str().unwrap(),
     ];
-    let server = ServerProcess::start(&args, "listening on");
+    let (server, admin) = ServerProcess::serve(&registry, &args);
     let fleet = dir.join("fleet.yaml");
     std::fs::write(&fleet, FLEET).unwrap();
     cli(
@@ -232,7 +223,7 @@ async fn a_stop_checkpoints_the_last_records(db: Db) {
     )
     .ok();
     server.stop();
-    let server = ServerProcess::start(&args, "listening on");
+    let (server, _) = ServerProcess::serve(&registry, &args);
     let v = cli(&server.url, &admin, &["audit", "verify", "-o", "json"]).json();
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["unanchored"], 0, "the stop anchored every record: {v}");

@@ -20,13 +20,13 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use cellfleet_api::{Generation, RouteEntry, RouteState, RoutesSnapshot};
-use cellfleet_e2e::{free_port, workspace_bin_in};
-use cellfleet_routing::RoutingTable;
+use cellfleet_e2e::free_port;
 use cellfleet_routing::router::nginx_upstreams::upstream_name;
 
 mod support;
-use support::{CONNECTIONS, Kill, env_num, median, pinned, tool, wait_port, wrk};
+use support::{
+    CONNECTIONS, Kill, cached_router, env_num, median, pinned, table_of, tool, wait_port, wrk,
+};
 
 const TENANTS: usize = 100_000;
 const CELLS: usize = 10;
@@ -88,6 +88,17 @@ fn wrk_script(dir: &Path) -> String {
     path.display().to_string()
 }
 
+/// Whether the router reports a successful nginx reload.
+fn reloaded(router_port: u16) -> bool {
+    use std::io::{Read, Write};
+    let mut text = String::new();
+    let asked = std::net::TcpStream::connect(("127.0.0.1", router_port)).and_then(|mut s| {
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+        s.read_to_string(&mut text)
+    });
+    asked.is_ok() && text.contains("cellfleet_router_nginx_reloads_total{outcome=\"ok\"} 1")
+}
+
 fn main() {
     let secs = env_num("CELLFLEET_BENCH_SECS", 10);
     let rounds = env_num("CELLFLEET_BENCH_ROUNDS", 3);
@@ -107,33 +118,28 @@ fn main() {
 
     // The router, restored from a cache of 100,000 routes over the ten cells; it renders the
     // upstreams and reloads the edge nginx (signal to its pid file).
-    let entries = (0..TENANTS)
-        .map(|i| RouteEntry {
-            tenant: tenant(i).parse().expect("tenant"),
-            env: "prod".parse().expect("env"),
-            cell: cell(i).parse().expect("cell"),
-            endpoint: Some(format!("http://127.0.0.1:{}", cell_ports[i % CELLS])),
-            state: RouteState::Active,
-            generation: Generation(1),
-            requests_per_second: None,
-            version: 1,
-        })
-        .collect();
-    let table = RoutingTable::from_snapshot(&RoutesSnapshot {
-        version: 1,
-        entries,
-    })
-    .expect("table");
-    let cache = d.join("cache");
-    std::fs::create_dir_all(&cache).expect("cache dir");
-    cellfleet_routing::router::cache::save(&cache, &table, cellfleet_routing::unix_ms())
-        .expect("write cache");
-    let token = d.join("edge.token");
-    std::fs::write(&token, "unused").expect("token");
-    let router_port = free_port();
+    let table = table_of(TENANTS, |i| {
+        (
+            tenant(i),
+            cell(i),
+            format!("http://127.0.0.1:{}", cell_ports[i % CELLS]),
+        )
+    });
     let upstreams_dir = d.join("upstreams");
+    let router_port = cached_router(
+        &mut children,
+        d,
+        &table,
+        &[
+            "--nginx-upstreams".to_owned(),
+            upstreams_dir.join("upstreams.conf").display().to_string(),
+            "--nginx-reload-command".to_owned(),
+            format!("kill -HUP $(cat {}/edge.pid)", d.display()),
+        ],
+    );
 
-    // Edge 1: the shipped configuration, in front of the router.
+    // Edge 1: the shipped configuration, in front of the router (which retries its reload until
+    // this nginx runs).
     let edge_port = free_port();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/nginx/cellfleet.conf");
     let shipped = std::fs::read_to_string(&example)
@@ -149,29 +155,6 @@ fn main() {
         );
     start_nginx(&mut children, d, "edge", &shipped);
     wait_port(edge_port);
-    children.0.push(
-        pinned(
-            "0",
-            &workspace_bin_in("release", "cellfleet-router")
-                .display()
-                .to_string(),
-        )
-        .args(["--control-plane", "http://127.0.0.1:9", "--token-file"])
-        .arg(&token)
-        .arg("--cache-dir")
-        .arg(&cache)
-        .args(["--listen", &format!("127.0.0.1:{router_port}")])
-        .arg("--nginx-upstreams")
-        .arg(upstreams_dir.join("upstreams.conf"))
-        .arg("--nginx-reload-command")
-        .arg(format!("kill -HUP $(cat {}/edge.pid)", d.display()))
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start cellfleet-router"),
-    );
-
     // Edge 2: the same edge with a static map of the same tenants to the same upstreams.
     let map_port = free_port();
     let mut map = String::from(
@@ -200,13 +183,18 @@ fn main() {
     let script = wrk_script(d);
     let router_url = format!("http://127.0.0.1:{edge_port}");
     let map_url = format!("http://127.0.0.1:{map_port}");
-    // The router renders and reloads at start; let nginx take the upstreams, then warm up (and
-    // check every answer is a 200 through both edges).
-    std::thread::sleep(Duration::from_secs(4));
-    assert!(
-        upstreams_dir.join("upstreams.conf").exists(),
-        "the router wrote no upstreams"
-    );
+    // The router renders and reloads at start: wait until nginx has the upstreams (a reload
+    // that worked, then the router's grace), then warm up (and check every answer is a 200
+    // through both edges).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !reloaded(router_port) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the router never reloaded the edge with its upstreams"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(3));
     wrk(&router_url, &script, 2);
     wrk(&map_url, &script, 2);
 

@@ -29,12 +29,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cellfleet_api::{Generation, RouteEntry, RouteState, RoutesSnapshot};
-use cellfleet_e2e::{free_port, workspace_bin_in};
-use cellfleet_routing::RoutingTable;
+use cellfleet_e2e::free_port;
 
 mod support;
-use support::{CONNECTIONS, Kill, env_num, median, percentile, pinned, tool, wait_port, wrk};
+use support::{
+    CONNECTIONS, Kill, cached_router, env_num, median, percentile, pinned, table_of, tool,
+    wait_port, wrk,
+};
 
 const TENANTS: usize = 100_000;
 
@@ -238,48 +239,8 @@ fn main() {
     let mut children = Kill(Vec::new());
 
     // The router, restored from a cache holding 100k routes.
-    let entries = (0..TENANTS)
-        .map(|i| RouteEntry {
-            tenant: tenant(i).parse().expect("tenant"),
-            env: "prod".parse().expect("env"),
-            cell: cell(i).parse().expect("cell"),
-            endpoint: Some(endpoint(i)),
-            state: RouteState::Active,
-            generation: Generation(1),
-            requests_per_second: None,
-            version: 1,
-        })
-        .collect();
-    let table = RoutingTable::from_snapshot(&RoutesSnapshot {
-        version: 1,
-        entries,
-    })
-    .expect("table");
-    let cache = d.join("cache");
-    std::fs::create_dir_all(&cache).expect("cache dir");
-    cellfleet_routing::router::cache::save(&cache, &table, cellfleet_routing::unix_ms())
-        .expect("write cache");
-    let token = d.join("edge.token");
-    std::fs::write(&token, "unused").expect("token");
-    let router_port = free_port();
-    children.0.push(
-        pinned(
-            "0",
-            &workspace_bin_in("release", "cellfleet-router")
-                .display()
-                .to_string(),
-        )
-        .args(["--control-plane", "http://127.0.0.1:9", "--token-file"])
-        .arg(&token)
-        .arg("--cache-dir")
-        .arg(&cache)
-        .args(["--listen", &format!("127.0.0.1:{router_port}")])
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start cellfleet-router"),
-    );
+    let table = table_of(TENANTS, |i| (tenant(i), cell(i), endpoint(i)));
+    let router_port = cached_router(&mut children, d, &table, &[]);
 
     // nginx with a map of the same tenants.
     let nginx_port = free_port();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::{
     AgentProcess, Db, Run, ServerProcess, TestDb, agent_token_file, cli, eventually, free_port,
-    http_get, wait_converged, workspace_bin,
+    header_of, http_get, http_request, wait_converged, workspace_bin,
 };
 
 /// The control plane and its cells; everything stops when it is dropped.
@@ -23,30 +23,30 @@ pub struct LocalFleet {
 }
 
 impl LocalFleet {
-    /// A control plane with pooled cells `(name, capacity)` in `eu-west-1`, each run by its
-    /// agent at release 1.0.0 of the example workload. Returns once every workload answers.
+    /// A control plane with pooled cells `(name, capacity)` in `eu-west-1` at free ports, each
+    /// run by its agent at release 1.0.0 of the example workload. Returns once every workload
+    /// answers.
     pub async fn start(cells: &[(&str, u32)]) -> LocalFleet {
+        let cells: Vec<(&str, u32, u16)> = cells
+            .iter()
+            .map(|(name, capacity)| (*name, *capacity, free_port()))
+            .collect();
+        Self::start_on(&cells).await
+    }
+
+    /// [`LocalFleet::start`] with each cell's port given: `(name, capacity, port)`.
+    pub async fn start_on(cells: &[(&str, u32, u16)]) -> LocalFleet {
         let db = TestDb::new(Db::Sqlite).await;
-        let admin = db.dir.path().join("admin.token");
-        let server = ServerProcess::start(
-            &[
-                "serve",
-                "--database-url",
-                &db.url,
-                "--admin-token-file",
-                admin.to_str().unwrap_or_default(),
-            ],
-            "listening on",
-        );
+        let (server, admin) = ServerProcess::serve(&db, &[]);
         let mut fleet = LocalFleet {
             server,
             admin,
             cells: cells
                 .iter()
-                .map(|(name, capacity)| {
+                .map(|(name, capacity, port)| {
                     (
                         (*name).to_owned(),
-                        format!("http://127.0.0.1:{}", free_port()),
+                        format!("http://127.0.0.1:{port}"),
                         *capacity,
                     )
                 })
@@ -218,56 +218,33 @@ pub fn through_edge(
     tenant: Option<&str>,
     headers: &[(&str, &str)],
 ) -> EdgeAnswer {
-    use std::io::{Read, Write};
-    let addr = edge.trim_start_matches("http://");
-    // HTTP/1.1 (Envoy refuses 1.0 by default), one request per connection.
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(t) = tenant {
-        request.push_str(&format!("X-Tenant-Id: {t}\r\n"));
-    }
-    for (k, v) in headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
-    }
-    let body = "{\"body\": \"hello\"}";
-    if method == "POST" {
-        request.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ));
-    } else {
-        request.push_str("\r\n");
-    }
-    let mut response = String::new();
-    let sent = std::net::TcpStream::connect(addr).and_then(|mut s| {
-        s.set_read_timeout(Some(Duration::from_secs(20)))?;
-        s.write_all(request.as_bytes())?;
-        s.read_to_string(&mut response)
-    });
-    if sent.is_err() {
-        return EdgeAnswer {
+    let mut all: Vec<(&str, &str)> = tenant.map(|t| ("X-Tenant-Id", t)).into_iter().collect();
+    all.extend_from_slice(headers);
+    match http_request(edge, method, path, &all, "{\"body\": \"hello\"}") {
+        Ok((status, head, _)) => EdgeAnswer {
+            status,
+            served_by: header_of(&head, "x-served-by").map(str::to_owned),
+            reason: header_of(&head, "x-cellfleet-reason").map(str::to_owned),
+            retry_after: header_of(&head, "retry-after").map(str::to_owned),
+        },
+        Err(_) => EdgeAnswer {
             status: 0,
             served_by: None,
             reason: None,
             retry_after: None,
-        };
+        },
     }
-    let head = response.split("\r\n\r\n").next().unwrap_or_default();
-    let header = |name: &str| {
-        head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_owned())
-        })
-    };
-    EdgeAnswer {
-        status: head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0),
-        served_by: header("x-served-by"),
-        reason: header("x-cellfleet-reason"),
-        retry_after: header("retry-after"),
-    }
+}
+
+/// Whether a burst of requests for `tenant` through `edge` meets its quota: some answered 429
+/// with `Retry-After` and the reason, every other one served by `cell`.
+pub fn quota_enforced(edge: &str, tenant: &str, cell: &str) -> bool {
+    let burst: Vec<EdgeAnswer> = (0..10)
+        .map(|_| through_edge(edge, "GET", "/v1/notes", Some(tenant), &[]))
+        .collect();
+    burst.iter().any(|e| {
+        e.status == 429 && e.retry_after.is_some() && e.reason.as_deref() == Some("rate-limited")
+    }) && burst
+        .iter()
+        .all(|e| e.status == 429 || e.served_by.as_deref() == Some(cell))
 }

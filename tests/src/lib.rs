@@ -15,7 +15,9 @@ use sqlx::{Connection, Executor};
 mod edge;
 mod fleet;
 pub use edge::{EnvoyProcess, NginxProcess, envoy_bin, nginx_bin};
-pub use fleet::{EdgeAnswer, LocalFleet, router_health, start_router, through_edge};
+pub use fleet::{
+    EdgeAnswer, LocalFleet, quota_enforced, router_health, start_router, through_edge,
+};
 
 /// Which registry backend a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +189,21 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
+    /// `cellfleet serve` on `db` with its bootstrap admin token in `db`'s directory (and `extra`
+    /// arguments); returns the server and the admin token file.
+    pub fn serve(db: &TestDb, extra: &[&str]) -> (ServerProcess, PathBuf) {
+        let admin = db.dir.path().join("admin.token");
+        let mut args = vec![
+            "serve",
+            "--database-url",
+            &db.url,
+            "--admin-token-file",
+            admin.to_str().unwrap_or_default(),
+        ];
+        args.extend_from_slice(extra);
+        (Self::start(&args, "listening on"), admin)
+    }
+
     /// Starts `cellfleet ARGS…` listening on a free port (passed as `--listen`) and waits until
     /// it prints `ready_line` and answers `/healthz`.
     pub fn start(args: &[&str], ready_line: &str) -> ServerProcess {
@@ -304,6 +321,54 @@ pub fn http_get(base: &str, path: &str, token: Option<&str>) -> std::io::Result<
     let auth = token.map(|t| format!("Bearer {t}"));
     let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
     http_call(base, "GET", path, &headers, "")
+}
+
+/// A plain HTTP/1.1 request (one per connection) with headers and a JSON body; returns the
+/// status, the head lower-cased (for header checks) and the body.
+pub fn http_request(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<(u16, String, String)> {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    // HTTP/1.1 (Envoy refuses 1.0 by default), one request per connection.
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if method == "POST" || method == "PUT" {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    stream.write_all(request.as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or((response.as_str(), ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, head.to_ascii_lowercase(), body.to_owned()))
+}
+
+/// One header of a lower-cased response head.
+pub fn header_of<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == name).then(|| v.trim())
+    })
 }
 
 /// A plain HTTP/1.0 request with headers and a body; returns the status and the body.

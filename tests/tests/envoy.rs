@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use cellfleet_e2e::{
-    EdgeAnswer, EnvoyProcess, LocalFleet, eventually, free_port, router_health, start_router,
-    through_edge,
+    EdgeAnswer, EnvoyProcess, LocalFleet, eventually, free_port, quota_enforced, router_health,
+    start_router, through_edge,
 };
 
 /// The shipped example with this test's ports and one cluster per cell.
@@ -110,16 +110,7 @@ async fn envoy_routes_every_tenant_to_its_cell_through_the_router() {
     // A quota answers 429 with Retry-After.
     fleet.apply_tenants(&[("acme", "quotas: {requestsPerSecond: 2}"), ("globex", "")]);
     eventually(Duration::from_secs(30), "acme's quota applies", || {
-        let burst: Vec<EdgeAnswer> = (0..10)
-            .map(|_| through(&edge, "GET", "/v1/notes", Some("acme")))
-            .collect();
-        burst.iter().any(|e| {
-            e.status == 429
-                && e.retry_after.is_some()
-                && e.reason.as_deref() == Some("rate-limited")
-        }) && burst
-            .iter()
-            .all(|e| e.status == 429 || e.served_by.as_deref() == Some(acme_cell.as_str()))
+        quota_enforced(&edge, "acme", &acme_cell)
     });
     drop(envoy);
     drop(router);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cellfleet_e2e::{
     AgentProcess, Db, ServerProcess, TestDb, agent_token_file, cli, eventually, free_port,
-    http_call, http_get, wait_converged, workspace_bin,
+    http_call, http_get, http_request, wait_converged, workspace_bin,
 };
 
 fn json(text: &str) -> serde_json::Value {
@@ -39,31 +39,7 @@ fn call_with_headers(
     tenant: &str,
     body: &str,
 ) -> (u16, String, String) {
-    use std::io::{Read, Write};
-    let addr = endpoint.trim_start_matches("http://");
-    let mut request =
-        format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nX-Tenant-Id: {tenant}\r\n");
-    if method == "POST" {
-        request.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ));
-    } else {
-        request.push_str("\r\n");
-    }
-    let mut response = String::new();
-    let _ = std::net::TcpStream::connect(addr).and_then(|mut s| {
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.write_all(request.as_bytes())?;
-        s.read_to_string(&mut response)
-    });
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_ascii_lowercase(), body.to_owned())
+    http_request(endpoint, method, path, &[("X-Tenant-Id", tenant)], body).unwrap_or_default()
 }
 
 fn version(endpoint: &str) -> Option<(String, u64)> {

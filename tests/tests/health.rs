@@ -6,15 +6,11 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use cellfleet_e2e::{
-    AgentProcess, Db, ServerProcess, TestDb, agent_token_file, cli, eventually, free_port,
-    workspace_bin,
-};
+use cellfleet_e2e::{LocalFleet, eventually, free_port};
 
 /// Answers every connection on `listener` with `200 ok` (like any other service would) until
 /// stopped.
@@ -40,65 +36,14 @@ fn squat(listener: TcpListener, stop: Arc<AtomicBool>) -> std::thread::JoinHandl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workload_that_cannot_bind_is_a_reported_crash_loop_not_a_healthy_cell() {
-    let db = TestDb::new(Db::Sqlite).await;
-    let dir = db.dir.path();
-    let admin = dir.join("admin.token");
-    let server = ServerProcess::start(
-        &[
-            "serve",
-            "--database-url",
-            &db.url,
-            "--admin-token-file",
-            admin.to_str().unwrap_or_default(),
-        ],
-        "listening on",
-    );
-    let url = server.url.clone();
-    let run = |args: &[&str]| cli(&url, &admin, args);
-
     let port = free_port();
     let squatter = TcpListener::bind(("127.0.0.1", port)).unwrap_or_else(|e| panic!("bind: {e}"));
     let stop = Arc::new(AtomicBool::new(false));
     let squatting = squat(squatter, stop.clone());
-
-    let fleet = format!(
-        "apiVersion: cellfleet.io/v1\nkind: Region\nmetadata: {{name: eu-west-1}}\nspec: {{jurisdiction: eu, location: {{lat: 53.35, lon: -6.26}}}}\n\
-         ---\napiVersion: cellfleet.io/v1\nkind: Cell\nmetadata: {{name: cell-a}}\nspec: {{region: eu-west-1, kind: pooled, env: prod, endpoint: \"http://127.0.0.1:{port}\"}}\n"
-    );
-    std::fs::write(dir.join("fleet.yaml"), fleet).unwrap_or_default();
-    run(&[
-        "apply",
-        "-f",
-        dir.join("fleet.yaml").to_str().unwrap_or_default(),
-    ])
-    .ok();
-    let migrations = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/workload/migrations");
-    run(&[
-        "migration",
-        "add",
-        "-f",
-        migrations.to_str().unwrap_or_default(),
-    ])
-    .ok();
-    let release = dir.join("release.yaml");
-    std::fs::write(
-        &release,
-        format!(
-            "apiVersion: cellfleet.io/v1\nkind: Release\nmetadata: {{name: \"1.0.0\"}}\nspec: {{artifact: {{command: \"{}\"}}, migrations: {{upTo: 2}}}}\n",
-            workspace_bin("notes-workload").display()
-        ),
-    )
-    .unwrap_or_default();
-    run(&[
-        "release",
-        "create",
-        "-f",
-        release.to_str().unwrap_or_default(),
-    ])
-    .ok();
-    run(&["release", "deploy", "1.0.0"]).ok();
-    let token = agent_token_file(&url, &admin, "cell-a", dir);
-    let agent = AgentProcess::start(&url, &token, "cell-a", &dir.join("cell-a"));
+    // (The squatter answers /healthz with 200 like anything else would: only the agent's own
+    // check tells them apart.)
+    let fleet = LocalFleet::start_on(&[("cell-a", 50, port)]).await;
+    let run = |args: &[&str]| fleet.run(args);
 
     eventually(
         Duration::from_secs(60),
@@ -141,5 +86,5 @@ async fn a_workload_that_cannot_bind_is_a_reported_crash_loop_not_a_healthy_cell
             && v["release"] == "1.0.0"
             && v["errors"].as_array().is_some_and(Vec::is_empty)
     });
-    drop(agent);
+    drop(fleet);
 }

@@ -3,8 +3,12 @@
 
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use cellfleet_api::{Generation, RouteEntry, RouteState, RoutesSnapshot};
+use cellfleet_e2e::{free_port, workspace_bin_in};
+use cellfleet_routing::RoutingTable;
 
 /// Connections of every closed-loop load.
 pub const CONNECTIONS: usize = 50;
@@ -115,4 +119,66 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Starts the release `cellfleet-router` on CPU 0 serving `table` from a cache in `dir` (the
+/// control plane unreachable, which lookups never touch), with `extra` arguments; returns its
+/// port.
+pub fn cached_router(
+    children: &mut Kill,
+    dir: &Path,
+    table: &RoutingTable,
+    extra: &[String],
+) -> u16 {
+    let cache = dir.join("cache");
+    std::fs::create_dir_all(&cache).expect("cache dir");
+    cellfleet_routing::router::cache::save(&cache, table, cellfleet_routing::unix_ms())
+        .expect("write cache");
+    let token = dir.join("edge.token");
+    std::fs::write(&token, "unused").expect("token");
+    let port = free_port();
+    children.0.push(
+        pinned(
+            "0",
+            &workspace_bin_in("release", "cellfleet-router")
+                .display()
+                .to_string(),
+        )
+        .args(["--control-plane", "http://127.0.0.1:9", "--token-file"])
+        .arg(&token)
+        .arg("--cache-dir")
+        .arg(&cache)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start cellfleet-router"),
+    );
+    port
+}
+
+/// A table of `tenants` active routes (version 1): route `i` is `(tenant, cell, endpoint)`.
+pub fn table_of(tenants: usize, route: impl Fn(usize) -> (String, String, String)) -> RoutingTable {
+    let entries = (0..tenants)
+        .map(|i| {
+            let (tenant, cell, endpoint) = route(i);
+            RouteEntry {
+                tenant: tenant.parse().expect("tenant"),
+                env: "prod".parse().expect("env"),
+                cell: cell.parse().expect("cell"),
+                endpoint: Some(endpoint),
+                state: RouteState::Active,
+                generation: Generation(1),
+                requests_per_second: None,
+                version: 1,
+            }
+        })
+        .collect();
+    RoutingTable::from_snapshot(&RoutesSnapshot {
+        version: 1,
+        entries,
+    })
+    .expect("table")
 }
