@@ -253,6 +253,7 @@ impl LocalProcess {
                 while let Ok(Some(line)) = lines.next_line().await {
                     // The workload's log goes where the agent's does.
                     eprintln!("{line}");
+                    let line = without_ansi(&line);
                     let line = line.trim();
                     if !line.is_empty()
                         && let Ok(mut last) = tail.0.lock()
@@ -480,6 +481,27 @@ impl LocalProcess {
     }
 }
 
+/// `line` without ANSI escape sequences (colours of a workload's log).
+fn without_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters… final byte in @–~.
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn with_message(status: String, message: Option<String>) -> String {
     match message {
         Some(m) => format!("{status}: {m}"),
@@ -637,5 +659,19 @@ impl Deployer for LocalProcess {
             }
             None => std::future::pending().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colours_are_taken_out_of_log_lines() {
+        assert_eq!(
+            without_ansi("\u{1b}[2m2026\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m started"),
+            "2026  INFO started"
+        );
+        assert_eq!(without_ansi("plain"), "plain");
     }
 }

@@ -120,7 +120,7 @@ pub fn cell(c: &CellView) -> String {
                 e.at.format("%Y-%m-%d %H:%M:%S UTC"),
                 e.message
                     .as_ref()
-                    .map(|m| format!(": {m}"))
+                    .map(|m| format!("; its last words: {m}"))
                     .unwrap_or_default()
             ));
         }
