@@ -145,6 +145,35 @@ pub struct DesiredState {
     pub release: Option<DesiredRelease>,
     /// Where the cell's workload serves (the cell's `endpoint`).
     pub endpoint: Option<String>,
+    /// Moves this cell takes part in, and what it must do for each now.
+    #[serde(default)]
+    pub moves: Vec<crate::moves::MoveTask>,
+}
+
+impl DesiredState {
+    /// The hash of everything a generation versions (the document without its generation): the
+    /// control plane bumps the generation when it changes, and an agent treats the same
+    /// generation with another hash as an error. One definition for both.
+    pub fn content_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let base = (
+            self.kind,
+            &self.tenants,
+            &self.migrations,
+            &self.release,
+            &self.endpoint,
+        );
+        // Plain data (strings, numbers, maps with string keys): serialising cannot fail. Without
+        // moves the hash is what it was before moves existed, so ledgers written then still
+        // verify.
+        let text = if self.moves.is_empty() {
+            serde_json::to_string(&base)
+        } else {
+            serde_json::to_string(&(base, &self.moves))
+        }
+        .unwrap_or_default();
+        hex::encode(Sha256::digest(text.as_bytes()))
+    }
 }
 
 /// A migration file as the CLI read it.

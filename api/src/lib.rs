@@ -9,11 +9,13 @@
 pub mod agent;
 pub mod ids;
 pub mod model;
+pub mod moves;
 pub mod workload;
 
 pub use agent::*;
 pub use ids::{CellName, Env, Generation, IdError, RegionName, TenantId};
 pub use model::*;
+pub use moves::*;
 pub use workload::{CellTenant, CellTenants, WorkloadHealth};
 
 /// The `apiVersion` every manifest document must carry.

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 
 use cellfleet_api::DesiredState;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -50,18 +49,9 @@ pub struct Ledger {
     record: Option<Record>,
 }
 
-/// The hash of what a generation versions: everything but the generation itself.
+/// The hash of what a generation versions (one definition, shared with the control plane).
 fn content_hash(state: &DesiredState) -> String {
-    // Serialising plain data cannot fail.
-    let content = (
-        &state.kind,
-        &state.tenants,
-        &state.migrations,
-        &state.release,
-        &state.endpoint,
-    );
-    let text = serde_json::to_string(&content).unwrap_or_default();
-    hex::encode(Sha256::digest(text.as_bytes()))
+    state.content_hash()
 }
 
 impl Ledger {
@@ -187,6 +177,7 @@ mod tests {
             migrations: Vec::new(),
             release: None,
             endpoint: None,
+            moves: Vec::new(),
             tenants: (0..tenants)
                 .map(|_| serde_json::from_value(tenant.clone()).unwrap())
                 .collect(),

@@ -44,6 +44,7 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_manifest")
             }
             ApiError::Service(S::Conflict(_)) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Service(S::Busy(_)) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::Service(S::Store(_) | S::Io(_)) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
@@ -60,7 +61,8 @@ impl IntoResponse for ApiError {
             }
             _ => None,
         };
-        let message = if status.is_server_error() {
+        let retry = matches!(self, ApiError::Service(service::Error::Busy(_)));
+        let message = if status.is_server_error() && !retry {
             // Log the chain where it is handled; the client gets no internals.
             tracing::error!(error = %self, "request failed");
             "internal error; the server log has the details (search for this request's correlation id)".to_owned()
@@ -76,6 +78,11 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
+        if retry {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

@@ -18,7 +18,6 @@ use cellfleet_api::{
     AgentReport, CellName, DesiredRelease, DesiredState, DesiredTenant, Migration,
 };
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use super::{Error, Registry, Result, not_found};
 use crate::context::isolation;
@@ -71,13 +70,8 @@ async fn desired_of(
         migrations,
         release,
         endpoint: row.spec.endpoint.clone(),
+        moves: Vec::new(),
     })
-}
-
-/// The hash of everything a generation versions (the document without its generation).
-fn content_hash(d: &DesiredState) -> String {
-    let content = (d.kind, &d.tenants, &d.migrations, &d.release, &d.endpoint);
-    hex::encode(Sha256::digest(store::canonical(&content).as_bytes()))
 }
 
 impl Registry {
@@ -97,8 +91,9 @@ impl Registry {
                 continue;
             };
             let placements = store::placements_on(tx.conn(), &cell).await?;
-            let hash =
-                content_hash(&desired_of(tx.conn(), &row, &placements, migrations.clone()).await?);
+            let hash = desired_of(tx.conn(), &row, &placements, migrations.clone())
+                .await?
+                .content_hash();
             // The routing table moves in the same transaction as what it is derived from.
             super::routes::refresh(tx.conn(), &row, &placements, &mut routing_version).await?;
             let Some((generation, old_hash)) = store::cell_generation(tx.conn(), &cell).await?
@@ -113,7 +108,7 @@ impl Registry {
         if let Some(v) = routing_version {
             store::set_routing_version(tx.conn(), v).await?;
         }
-        tx.commit().await?;
+        tx.commit(super::Refreshed(())).await?;
         if moved {
             self.changes.send_modify(|v| *v = v.wrapping_add(1));
         }
@@ -166,13 +161,17 @@ impl Registry {
         report
             .validate()
             .map_err(|e| Error::Invalid(format!("invalid report: {e}")))?;
-        let mut tx = self.store.begin(caller).await?;
-        if store::cell_generation(tx.conn(), cell).await?.is_none() {
+        // Heartbeats are most reports (only health and row counts change): they are stored
+        // without the mutation lock, so a fleet's reports never queue behind placements and
+        // operation steps. Only a report worth an audit record takes the lock (the chain needs
+        // it).
+        let mut conn = self.store.read().await?;
+        if store::cell_generation(&mut conn, cell).await?.is_none() {
             return Err(not_found("cell", cell));
         }
         // An agent ahead of the registry (say, after the registry was restored from an older
         // backup) is stored as reported: `cell list` shows it, and the agent refuses to go back.
-        let previous = store::get_report(tx.conn(), cell).await?.map(|r| r.report);
+        let previous = store::get_report(&mut conn, cell).await?.map(|r| r.report);
         let significant = previous.as_ref().is_none_or(|p| {
             (
                 p.observed_generation,
@@ -190,22 +189,26 @@ impl Registry {
                 report.workload.as_ref().map(|w| w.state),
             )
         });
+        if !significant {
+            store::put_report(&mut conn, cell, &report, chrono::Utc::now()).await?;
+            return Ok(());
+        }
+        drop(conn);
+        let mut tx = self.store.begin(caller).await?;
         let now = tx.now;
         store::put_report(tx.conn(), cell, &report, now).await?;
-        if significant {
-            tx.audit(
-                "cell.report",
-                &format!("cell/{cell}"),
-                json!({
-                    "observedGeneration": report.observed_generation,
-                    "release": report.release,
-                    "migrations": report.migrations,
-                    "errors": report.errors,
-                    "isolationDrift": report.isolation_drift,
-                    "workload": report.workload.as_ref().map(|w| w.state),
-                }),
-            );
-        }
+        tx.audit(
+            "cell.report",
+            &format!("cell/{cell}"),
+            json!({
+                "observedGeneration": report.observed_generation,
+                "release": report.release,
+                "migrations": report.migrations,
+                "errors": report.errors,
+                "isolationDrift": report.isolation_drift,
+                "workload": report.workload.as_ref().map(|w| w.state),
+            }),
+        );
         self.commit(tx).await
     }
 }
@@ -224,15 +227,16 @@ mod tests {
             migrations: Vec::new(),
             release: None,
             endpoint: None,
+            moves: Vec::new(),
         };
         use cellfleet_api::CellKind::*;
-        assert_eq!(content_hash(&doc(1, Pooled)), content_hash(&doc(2, Pooled)));
+        assert_eq!(doc(1, Pooled).content_hash(), doc(2, Pooled).content_hash());
         assert_ne!(
-            content_hash(&doc(1, Pooled)),
-            content_hash(&doc(1, Dedicated))
+            doc(1, Pooled).content_hash(),
+            doc(1, Dedicated).content_hash()
         );
         let mut with_endpoint = doc(1, Pooled);
         with_endpoint.endpoint = Some("http://127.0.0.1:9101".into());
-        assert_ne!(content_hash(&with_endpoint), content_hash(&doc(1, Pooled)));
+        assert_ne!(with_endpoint.content_hash(), doc(1, Pooled).content_hash());
     }
 }

@@ -26,6 +26,19 @@ pub use agents::MAX_WAIT;
 pub use tokens::Bootstrap;
 pub(crate) use tokens::write_secret_file;
 
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        Error::from_store(e)
+    }
+}
+
+/// Proof, required by [`store::Tx::commit`], that a mutation is committed through
+/// `Registry::commit`, which re-derives the desired state and routes of every cell the mutation
+/// touched in the same transaction. Only this module can make one, so no other path can commit a
+/// mutation and leave agents or routers on stale state.
+#[derive(Debug)]
+pub struct Refreshed(());
+
 /// Errors of registry operations; the HTTP layer maps each to a status and a stable code.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -41,15 +54,45 @@ pub enum Error {
     #[error("{0}")]
     Forbidden(String),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
     #[error("{0}")]
     Io(String),
+    /// Lost a race that re-reading and trying again resolves: a compare-and-swap that found the
+    /// row changed, a serialization failure, a lock held elsewhere. Not a bug.
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
-        Error::Store(StoreError::Sql(e))
+        Error::from(StoreError::Sql(e))
     }
+}
+
+impl Error {
+    /// Whether trying again (after re-reading) may succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, Error::Busy(_))
+    }
+
+    /// Classifies a store error: transient contention becomes [`Error::Busy`].
+    fn from_store(e: StoreError) -> Error {
+        match &e {
+            StoreError::Sql(sqlx::Error::Database(db)) if transient(db.code().as_deref()) => {
+                Error::Busy(format!("the registry is busy ({db}); try again"))
+            }
+            _ => Error::Store(e),
+        }
+    }
+}
+
+/// Database error codes that mean "contention, try again": PostgreSQL serialization failure,
+/// deadlock and lock-not-available; SQLite busy and locked.
+fn transient(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some("40001" | "40P01" | "55P03" | "5" | "6" | "517" | "262")
+    )
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -281,8 +281,9 @@ impl Tx {
         std::mem::take(&mut self.touched)
     }
 
-    /// Appends this mutation's audit records to the chain, then commits both together.
-    pub async fn commit(mut self) -> Result<()> {
+    /// Appends this mutation's audit records to the chain, then commits both together. Only
+    /// `Registry::commit` can call it (see [`crate::service::Refreshed`]).
+    pub async fn commit(mut self, _refreshed: crate::service::Refreshed) -> Result<()> {
         let entries = std::mem::take(&mut self.audit);
         audit_log::append(&mut self.tx, entries).await?;
         self.tx.commit().await?;
