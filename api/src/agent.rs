@@ -318,6 +318,10 @@ pub struct AgentReport {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub stray_rows: BTreeMap<String, i64>,
+    /// Tenant tables a move could not copy safely (no primary key, or one that could collide in
+    /// another cell), one line each: a move from this cell refuses to start while any exists.
+    #[serde(default)]
+    pub unmovable: Vec<String>,
 }
 
 /// Bounds on what a report may carry: a report is input from the network.
@@ -450,6 +454,15 @@ impl AgentReport {
         {
             return Err(format!(
                 "isolationDrift: at most {} entries of at most {} bytes",
+                l::DRIFT,
+                l::DRIFT_BYTES
+            ));
+        }
+        if self.unmovable.len() > l::DRIFT
+            || self.unmovable.iter().any(|u| u.len() > l::DRIFT_BYTES)
+        {
+            return Err(format!(
+                "unmovable: at most {} entries of at most {} bytes",
                 l::DRIFT,
                 l::DRIFT_BYTES
             ));

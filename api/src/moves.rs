@@ -63,6 +63,39 @@ pub struct MovePlan {
     pub checks: Vec<PlanCheck>,
 }
 
+/// The answer to `move start`: the plan, and the move unless it was a dry run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MoveStarted {
+    pub plan: MovePlan,
+    #[serde(rename = "move")]
+    pub started: Option<MoveView>,
+}
+
+/// Why an operator aborts a move.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AbortMoveRequest {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// An edge router as the control plane sees it on its watches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouterView {
+    pub id: String,
+    /// The routing table version it serves (its latest watch asked for changes after it).
+    pub acked_version: i64,
+    pub last_seen: DateTime<Utc>,
+    pub first_seen: DateTime<Utc>,
+    /// `live`, or `gone` when not seen for longer than the server's router timeout (a cut-over
+    /// does not wait for gone routers).
+    pub status: String,
+    /// How far behind the table it is.
+    pub lag: i64,
+}
+
 /// Where a move stands. The forward path runs top to bottom; `Failed`, `Aborted`, `RolledBack`
 /// and `Done` are terminal.
 #[derive(
@@ -250,6 +283,14 @@ pub struct MoveTask {
     pub guard: bool,
     /// Delete the tenant's rows and this move's machinery.
     pub cleanup: bool,
+    /// The shipping side includes a full checksum of the tenant's rows in its next chunk when
+    /// this is above the last round it did (rounds count from 1).
+    #[serde(default)]
+    pub verify_round: u32,
+    /// The stream was verified in full up to this change of the shipping side's capture log:
+    /// after the fence, the final chunk checks only the rows changed since.
+    #[serde(default)]
+    pub verified_upto: i64,
 }
 
 /// One chunk of a move's stream.
@@ -267,13 +308,28 @@ pub struct MoveChunk {
     pub cursor: serde_json::Value,
     /// The highest change sequence of the uploader's capture log this chunk covers.
     pub change_seq: i64,
-    /// A checksum of the tenant's rows, per table, as of this chunk (compare after applying it).
+    /// Checksums of the tenant's rows as of this chunk (compare after applying it).
     #[serde(default)]
-    #[schema(value_type = Object)]
-    pub verify: Option<BTreeMap<String, TableSum>>,
+    pub verify: Option<Verify>,
     /// Size of `items` as sent.
     #[serde(default)]
     pub bytes: u64,
+}
+
+/// What a chunk asks the applying side to compare once it is applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Verify {
+    /// The verify round (full checksums) this answers, or 0 for the rows-changed check.
+    pub round: u32,
+    /// Per table: the rows and checksum at the shipping side.
+    #[schema(value_type = Object)]
+    pub sums: BTreeMap<String, TableSum>,
+    /// When set, the sums cover only these primary keys per table (the rows changed since the
+    /// last full verify); else every row of the tenant.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub pks: Option<BTreeMap<String, Vec<serde_json::Value>>>,
 }
 
 /// Rows and an order-independent checksum of one table's rows of a tenant (or of some of them).
@@ -304,7 +360,8 @@ pub struct StreamPosition {
 #[serde(rename_all = "camelCase")]
 pub struct ChunkApplied {
     pub seq: i64,
-    /// When the chunk carried a checksum: the tables whose checksums differ after applying it.
+    /// When the chunk carried a checksum: the tables whose checksums differ after applying it
+    /// (with both sides' figures).
     #[serde(default)]
     pub mismatches: Vec<String>,
 }
@@ -330,4 +387,7 @@ pub struct MoveSideReport {
     pub cleaned: bool,
     /// The tenant's rows here, when counted.
     pub rows: Option<u64>,
+    /// The newest change in this side's capture log for the move (for the lag).
+    #[serde(default)]
+    pub capture_head: Option<i64>,
 }

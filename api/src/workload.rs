@@ -41,6 +41,9 @@ pub struct WorkloadHealth {
 pub struct CellTenant {
     pub tenant: TenantId,
     pub state: TenantState,
+    /// A move is cutting the tenant over: refuse its requests as moved (`503`, retry-safe).
+    #[serde(default)]
+    pub fenced: bool,
 }
 
 /// The tenants a cell's workload may serve: those placed on the cell (from the agent's desired
@@ -50,6 +53,9 @@ pub struct CellTenant {
 pub struct CellTenants {
     /// The desired-state generation the set comes from; a workload ignores an older one.
     pub generation: i64,
+    /// Orders sets of one generation (the agent's moves change the set between generations).
+    #[serde(default)]
+    pub epoch: u64,
     pub tenants: Vec<CellTenant>,
 }
 
@@ -64,4 +70,10 @@ pub mod refusal {
     /// The workload has not received its tenant set yet (it just started): `503` +
     /// `Retry-After`.
     pub const NOT_READY: (u16, &str) = (503, "not-ready");
+    /// The tenant is being moved away (fenced): `503` + `Retry-After`; the edge sends the
+    /// request once more through the router, which holds it until the new route arrives.
+    pub const MOVED: (u16, &str) = (503, "moved");
+    /// The marker of a database error raised by a move's write guard: a request that hit it was
+    /// not applied, and is answered as moved.
+    pub const GUARD_MARKER: &str = "cellfleet-fenced";
 }

@@ -1,33 +1,44 @@
-//! The agent loop: long-poll the control plane for this cell's desired state, record it in the
-//! ledger, make the cell match it, report.
+//! The agent: concurrent tasks around one shared view of the cell.
 //!
-//! Making the cell match: the cell database has the whole migration stream (checksums verified on
-//! every pass), pooled PostgreSQL cells have row-level security on every tenant table, and the
-//! workload runs at the desired release (see `deployer`). The reconcile is level-triggered: it
-//! runs on every pass against the ledger's state, not only when a new generation arrives, so drift
-//! (a tampered migration, a dropped policy, a crashed workload) is found, fixed where it can be,
-//! and reported.
+//! - **sync** long-polls the control plane for the cell's desired state, records it in the
+//!   ledger (refusing older generations and same-generation-other-content) and publishes it;
+//! - **reconcile** makes the cell match the published state — the migration stream (checksums
+//!   verified on every pass), row-level security on pooled PostgreSQL cells, the workload at the
+//!   desired release with the tenant set it may serve — on every change and at least every
+//!   [`REPORT_EVERY`], so drift is found and fixed where it can be (level-triggered);
+//! - **report** sends what the cell is (a heartbeat at least every [`REPORT_EVERY`], and at once
+//!   when the reconcile's outcome changes), with health scraped from the workload;
+//! - **moves** run one worker per move the cell takes part in (see `mover`): a bulk copy never
+//!   stalls the reports or the reconcile.
+//!
+//! An agent the control plane refuses from its first contact (a wrong token or cell) stops with
+//! the cause; refused later, it keeps the cell as it is and asks again slowly.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
 use cellfleet_api::{
-    AgentReport, AppliedMigration, CellKind, CellTenant, CellTenants, DesiredState, ErrorBody,
-    TenantId,
+    AgentReport, AppliedMigration, CellKind, CellTenant, CellTenants, DesiredState, MoveRole,
+    TenantId, WorkloadStatus,
 };
+use tokio::sync::{Notify, OnceCell, watch};
 
 use crate::cell_db::CellDb;
+use crate::control_plane::{ControlPlane, Refused};
 use crate::deployer::{Deployer, LocalProcess, WorkloadContext};
 use crate::health::Window;
+use crate::ledger::{Accepted, Ledger};
 
 /// Health is computed over this window of scrapes.
 const HEALTH_WINDOW: Duration = Duration::from_secs(60);
 
 /// The agent reports (and scrapes the workload) at least this often, even with nothing new.
-const REPORT_EVERY: Duration = Duration::from_secs(10);
-use crate::ledger::{Accepted, Ledger};
+pub const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// How long to wait before asking again after the control plane refused the agent.
+const REFUSED_RETRY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -44,93 +55,96 @@ pub struct Config {
     pub poll: Duration,
 }
 
-/// Talks to the control plane's agent routes.
-#[derive(Debug, Clone)]
-pub struct ControlPlane {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-    cell: String,
+/// What a move worker has made true in the cell database for its move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Achieved {
+    pub capture: bool,
+    pub guard: bool,
 }
 
-impl ControlPlane {
-    pub fn new(config: &Config) -> anyhow::Result<ControlPlane> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        Ok(ControlPlane {
-            http: reqwest::Client::builder()
-                .user_agent(concat!("cell-agent/", env!("CARGO_PKG_VERSION")))
-                .timeout(config.poll + Duration::from_secs(30))
-                .build()?,
-            base: config.control_plane.trim_end_matches('/').to_owned(),
-            token: config.token.clone(),
-            cell: config.cell.clone(),
-        })
-    }
+/// The state every task shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    /// The accepted desired state (from the ledger).
+    pub desired: watch::Sender<Option<Arc<DesiredState>>>,
+    /// Why the last desired state was refused, if it was.
+    pub sync_errors: Mutex<Vec<String>>,
+    /// What the last reconcile found and did.
+    pub status: watch::Sender<Reconciled>,
+    /// Move workers' progress in the database, and a counter bumped on every change of it.
+    pub achieved: Mutex<(HashMap<String, Achieved>, u64)>,
+    /// Asks the reconcile for a pass now.
+    pub reconcile_now: Notify,
+    db: OnceCell<CellDb>,
+}
 
-    pub async fn desired(&self, since: i64, wait: Duration) -> anyhow::Result<DesiredState> {
-        let resp = self
-            .http
-            .get(format!("{}/v1/agent/desired", self.base))
-            .query(&[
-                ("since", since.to_string()),
-                ("timeout", format!("{}ms", wait.as_millis())),
-                ("cell", self.cell.clone()),
-            ])
-            .bearer_auth(&self.token)
-            .send()
+impl Shared {
+    /// The cell database (opened on first use).
+    pub async fn db(&self) -> Result<&CellDb, String> {
+        self.db
+            .get_or_try_init(|| CellDb::open(&self.config.database_url))
             .await
-            .context("asking for the desired state")?;
-        Ok(checked(resp).await?.json().await?)
+            .map_err(|e| e.to_string())
     }
 
-    pub async fn report(&self, report: &AgentReport) -> anyhow::Result<()> {
-        let resp = self
-            .http
-            .post(format!("{}/v1/agent/report", self.base))
-            .query(&[("cell", self.cell.clone())])
-            .bearer_auth(&self.token)
-            .json(report)
-            .send()
-            .await
-            .context("reporting")?;
-        checked(resp).await?;
-        Ok(())
+    /// Records what a move worker achieved; returns the epoch the workload must reach to know.
+    pub fn set_achieved(&self, move_id: &str, now: Option<Achieved>) -> u64 {
+        let mut guard = self.achieved.lock().unwrap_or_else(|p| p.into_inner());
+        let (map, epoch) = &mut *guard;
+        let before = map.get(move_id).copied();
+        match now {
+            Some(a) => {
+                map.insert(move_id.to_owned(), a);
+            }
+            None => {
+                map.remove(move_id);
+            }
+        }
+        if before != now {
+            *epoch += 1;
+            self.reconcile_now.notify_one();
+        }
+        *epoch
+    }
+
+    /// Waits until the workload has the tenant set of `epoch` (and of the current desired
+    /// generation), at most `within`. Returns whether it has.
+    pub async fn handed(&self, epoch: u64, within: Duration) -> bool {
+        let mut status = self.status.subscribe();
+        let desired = self.desired.borrow().as_ref().map_or(0, |d| d.generation);
+        tokio::time::timeout(
+            within,
+            status.wait_for(|s| s.handed_epoch >= epoch && s.handed_generation >= desired),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok())
     }
 }
 
-/// The control plane refused the agent itself (401, 403, 404): a bad or revoked token, or a
-/// cell name that is not the token's or does not exist. Retrying fast cannot help.
-#[derive(Debug, thiserror::Error)]
-#[error("the control plane refuses this agent: {status}: {message}")]
-pub struct Refused {
-    pub status: reqwest::StatusCode,
-    pub message: String,
+/// What a reconcile pass found and did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reconciled {
+    /// The desired generation the cell matches (0: none yet).
+    pub generation: i64,
+    pub applied: Vec<AppliedMigration>,
+    pub drift: Vec<String>,
+    pub unmovable: Vec<String>,
+    pub errors: Vec<String>,
+    pub release: Option<String>,
+    pub workload: Option<WorkloadStatus>,
+    pub endpoint: Option<String>,
+    /// The desired generation and gate epoch of the tenant set the workload acknowledged.
+    pub handed_generation: i64,
+    pub handed_epoch: u64,
 }
-
-async fn checked(resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
-    let status = resp.status();
-    if status.is_success() {
-        return Ok(resp);
-    }
-    let body = resp.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<ErrorBody>(&body)
-        .map(|e| e.message)
-        .unwrap_or(body);
-    if matches!(status.as_u16(), 401 | 403 | 404) {
-        return Err(Refused { status, message }.into());
-    }
-    anyhow::bail!("control plane answered {status}: {message}")
-}
-
-/// How long to wait before asking again after the control plane refused the agent.
-const REFUSED_RETRY: Duration = Duration::from_secs(60);
 
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let mut ledger = Ledger::open(&config.data_dir, &config.cell)?;
+    let ledger = Ledger::open(&config.data_dir, &config.cell)?;
     let cp = ControlPlane::new(&config)?;
     tracing::info!(
         cell = %config.cell,
@@ -138,220 +152,200 @@ pub async fn run(
         tenants = ledger.state().map_or(0, |s| s.tenants.len()),
         "cell agent starting from its ledger"
     );
-    tokio::pin!(shutdown);
-    let mut backoff = Duration::from_millis(200);
-    let mut cell_db: Option<CellDb> = None;
-    let mut deployer = LocalProcess::new(config.data_dir.join("workload.pid"));
-    let mut window = Window::new(HEALTH_WINDOW);
-    let scraper = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()?;
-    // The newest generation the cell was made to match, and what that left in place.
-    let mut reconciled = 0;
-    let mut applied = Vec::new();
-    let mut drift = Vec::new();
-    let mut reported: Option<AgentReport> = None;
+    let shared = Arc::new(Shared {
+        desired: watch::Sender::new(ledger.state().cloned().map(Arc::new)),
+        config: config.clone(),
+        sync_errors: Mutex::new(Vec::new()),
+        status: watch::Sender::new(Reconciled::default()),
+        achieved: Mutex::new((HashMap::new(), 0)),
+        reconcile_now: Notify::new(),
+        db: OnceCell::new(),
+    });
+    let (accepted_tx, accepted_rx) = watch::channel(false);
+    let mut sync = tokio::spawn(sync_loop(cp.clone(), ledger, shared.clone(), accepted_tx));
+    let reconcile = tokio::spawn(reconcile_loop(shared.clone()));
+    let report = tokio::spawn(report_loop(cp.clone(), shared.clone(), accepted_rx));
+    let moves = tokio::spawn(crate::mover::supervise(cp, shared.clone()));
+    let result = tokio::select! {
+        () = shutdown => {
+            tracing::info!("cell agent stopping");
+            Ok(())
+        }
+        ended = &mut sync => match ended {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => Ok(()),
+            Err(e) => Err(anyhow::anyhow!("the sync task failed: {e}")),
+        },
+    };
+    // Aborting the reconcile drops the deployer, which stops the workload with it.
+    for task in [reconcile, report, moves] {
+        task.abort();
+        let _ = task.await;
+    }
+    sync.abort();
+    result
+}
+
+/// Long-polls the desired state into the ledger and publishes what it accepted.
+async fn sync_loop(
+    cp: ControlPlane,
+    mut ledger: Ledger,
+    shared: Arc<Shared>,
+    accepted: watch::Sender<bool>,
+) -> anyhow::Result<()> {
     let mut first = true;
-    // Whether the control plane ever accepted this agent (see `Refused`).
-    let mut accepted_once = false;
+    let mut backoff = Duration::from_millis(200);
     loop {
-        let step = async {
-            // The first poll returns at once, so a restarted agent re-attaches without waiting.
-            let since = if first { 0 } else { ledger.generation() };
-            // Wake for a new desired state, at once when the workload exits, or when a restart
-            // of the workload is due.
-            let restart_due = deployer.wake_at();
-            let desired = tokio::select! {
-                d = cp.desired(since, config.poll.min(REPORT_EVERY)) => Some(d?),
-                () = deployer.exited() => None,
-                () = sleep_until(restart_due) => None,
-            };
-            first = false;
-            let mut errors = Vec::new();
-            let accepted = match &desired {
-                Some(d) => ledger.accept(d),
-                None => Ok(Accepted::Unchanged),
-            };
-            match accepted {
-                Ok(Accepted::Advanced) => {
-                    tracing::info!(generation = ledger.generation(), "desired state accepted");
-                }
-                Ok(Accepted::Unchanged) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "desired state refused");
-                    errors.push(e.to_string());
-                }
-            }
-            if let Some(state) = ledger.state() {
-                let outcome = reconcile(&config, &mut cell_db, &mut deployer, state).await;
-                // What was done stands even when a later step failed (migrations applied before
-                // the workload failed to start are applied).
-                if let Some(now_applied) = outcome.applied {
-                    applied = now_applied;
-                }
-                if let Some(now_drift) = outcome.drift {
-                    drift = now_drift;
-                }
-                match outcome.stopped {
-                    None => reconciled = state.generation,
-                    Some(e) => {
-                        tracing::error!(error = %e, "reconcile stopped");
-                        errors.push(e);
+        // The first poll returns at once, so a restarted agent re-attaches without waiting.
+        let since = if first { 0 } else { ledger.generation() };
+        match cp
+            .desired(since, shared.config.poll.min(REPORT_EVERY))
+            .await
+        {
+            Ok(state) => {
+                first = false;
+                backoff = Duration::from_millis(200);
+                let _ = accepted.send(true);
+                let mut errors = Vec::new();
+                match ledger.accept(&state) {
+                    Ok(Accepted::Advanced) => {
+                        tracing::info!(generation = ledger.generation(), "desired state accepted");
+                        shared
+                            .desired
+                            .send_replace(ledger.state().cloned().map(Arc::new));
+                    }
+                    Ok(Accepted::Unchanged) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "desired state refused");
+                        errors.push(e.to_string());
                     }
                 }
-            }
-            // Health: scrape the running workload; a failed scrape is a gap, not zero traffic.
-            if deployer.running().is_some()
-                && let Some(endpoint) = ledger.state().and_then(|s| s.endpoint.clone())
-            {
-                let url = format!("{}/metrics", endpoint.trim_end_matches('/'));
-                match scraper
-                    .get(&url)
-                    .send()
-                    .await
-                    .and_then(reqwest::Response::error_for_status)
-                {
-                    Ok(resp) => window.push(
-                        std::time::Instant::now(),
-                        crate::health::parse(&resp.text().await.unwrap_or_default()),
-                    ),
-                    Err(e) => tracing::warn!(error = %e, %url, "cannot scrape the workload"),
+                let changed = {
+                    let mut held = shared.sync_errors.lock().unwrap_or_else(|p| p.into_inner());
+                    let changed = *held != errors;
+                    *held = errors;
+                    changed
+                };
+                if changed {
+                    shared.reconcile_now.notify_one();
                 }
             }
-            let counted = match &cell_db {
-                Some(db) => db.tenant_rows().await.unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "cannot count tenant rows");
-                    Default::default()
-                }),
-                None => Default::default(),
-            };
-            let (tenant_rows, stray_rows) = split_rows(counted, ledger.state());
-            let mut isolation_drift = drift.clone();
-            isolation_drift.extend(stray_rows.iter().map(|(tenant, n)| {
-                format!("{n} rows of tenant {tenant:?} in the cell database, which is not placed on this cell")
-            }));
-            isolation_drift.truncate(cellfleet_api::report_limits::DRIFT);
-            let report = AgentReport {
-                observed_generation: reconciled,
-                tenant_rows,
-                stray_rows,
-                health: window.health(),
-                release: deployer.running().map(str::to_owned),
-                migrations: applied.clone(),
-                isolation_drift,
-                workload: ledger
-                    .state()
-                    .and_then(|s| s.release.as_ref())
-                    .map(|_| deployer.status()),
-                errors,
-            };
-            // Every pass reports (a heartbeat); changes are logged.
-            cp.report(&report).await?;
-            if reported.as_ref() != Some(&report) {
-                tracing::info!(
-                    observed = report.observed_generation,
-                    errors = report.errors.len(),
-                    "reported"
-                );
+            Err(e) if e.downcast_ref::<Refused>().is_some() => {
+                if !*accepted.borrow() {
+                    // Never accepted: the token or the cell name is wrong. Say so and stop,
+                    // rather than retrying something that cannot work.
+                    return Err(e.context(format!(
+                        "check the agent token and --cell {}",
+                        shared.config.cell
+                    )));
+                }
+                tracing::error!(error = %format!("{e:#}"), retry_in = ?REFUSED_RETRY, "the control plane refuses this agent; the cell keeps running as it is");
+                tokio::time::sleep(REFUSED_RETRY).await;
             }
-            let failing = !report.errors.is_empty();
-            reported = Some(report);
-            anyhow::Ok(failing)
-        };
-        tokio::select! {
-            _ = &mut shutdown => {
-                tracing::info!("cell agent stopping");
-                return Ok(());
-            }
-            result = step => match result {
-                Err(e) if e.downcast_ref::<Refused>().is_some() => {
-                    if !accepted_once {
-                        // Never accepted: the token or the cell name is wrong. Say so and stop,
-                        // rather than retrying something that cannot work.
-                        return Err(e.context(format!(
-                            "check the agent token and --cell {}",
-                            config.cell
-                        )));
-                    }
-                    // Accepted before, refused now (a revoked token?): keep the cell as it is
-                    // and ask again, slowly and loudly.
-                    tracing::error!(error = %format!("{e:#}"), retry_in = ?REFUSED_RETRY, "the control plane refuses this agent; the cell keeps running as it is");
-                    tokio::time::sleep(REFUSED_RETRY).await;
-                }
-                Ok(false) => {
-                    accepted_once = true;
-                    backoff = Duration::from_millis(200);
-                }
-                Ok(true) => {
-                    accepted_once = true;
-                    // What failed will fail again until something changes: don't spin on it.
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-                Err(e) => {
-                    // Control plane unreachable or refusing: keep the cell as it is, retry with
-                    // backoff (static stability).
-                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "sync failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
+            Err(e) => {
+                // Control plane unreachable: keep the cell as it is, retry with backoff
+                // (static stability).
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "sync failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     }
 }
 
-/// Makes the cell match `state`: migrations, then (pooled PostgreSQL cells) row-level security,
-/// then the workload at the desired release. Returns the applied migrations and the isolation
-/// drift, or the one-line reason it stopped.
-async fn reconcile(
-    config: &Config,
-    cell_db: &mut Option<CellDb>,
-    deployer: &mut impl Deployer,
-    state: &DesiredState,
-) -> Reconciled {
-    let mut done = Reconciled::default();
-    if let Err(e) = reconcile_steps(config, cell_db, deployer, state, &mut done).await {
-        done.stopped = Some(e);
+/// Makes the cell match the desired state on every change, when a move worker asks, when the
+/// workload exits or is due a restart, and at least every [`REPORT_EVERY`].
+async fn reconcile_loop(shared: Arc<Shared>) {
+    let mut deployer = LocalProcess::new(shared.config.data_dir.join("workload.pid"));
+    let mut desired = shared.desired.subscribe();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let state = desired.borrow_and_update().clone();
+        let status = match &state {
+            Some(state) => reconcile(&shared, &mut deployer, state).await,
+            None => Reconciled::default(),
+        };
+        let failing = !status.errors.is_empty();
+        shared.status.send_if_modified(|s| {
+            let changed = *s != status;
+            *s = status;
+            changed
+        });
+        let pause = if failing {
+            // What failed will fail again until something changes: don't spin on it.
+            let p = backoff;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+            p
+        } else {
+            backoff = Duration::from_millis(200);
+            REPORT_EVERY
+        };
+        let restart_due = deployer.wake_at();
+        tokio::select! {
+            _ = desired.changed() => {}
+            () = shared.reconcile_now.notified() => {}
+            () = deployer.exited() => {}
+            () = sleep_until(restart_due) => {}
+            () = tokio::time::sleep(pause) => {}
+        }
     }
-    done
 }
 
-/// What one reconcile pass found and did: each part is set once its step ran, so a pass that
-/// stops half-way still reports what it did.
-#[derive(Debug, Default)]
-struct Reconciled {
-    applied: Option<Vec<AppliedMigration>>,
-    drift: Option<Vec<String>>,
-    /// Why the pass stopped short of matching the desired state.
-    stopped: Option<String>,
+/// One reconcile pass against `state`.
+async fn reconcile(
+    shared: &Shared,
+    deployer: &mut LocalProcess,
+    state: &DesiredState,
+) -> Reconciled {
+    let previous = shared.status.borrow().clone();
+    let mut out = Reconciled {
+        applied: previous.applied,
+        drift: previous.drift,
+        unmovable: previous.unmovable,
+        endpoint: state.endpoint.clone(),
+        handed_generation: previous.handed_generation,
+        handed_epoch: previous.handed_epoch,
+        ..Reconciled::default()
+    };
+    out.errors = shared
+        .sync_errors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    match reconcile_steps(shared, deployer, state, &mut out).await {
+        Ok(()) => out.generation = state.generation,
+        Err(e) => {
+            tracing::error!(error = %e, "reconcile stopped");
+            out.errors.push(e);
+        }
+    }
+    out.release = deployer.running().map(str::to_owned);
+    out.workload = state.release.as_ref().map(|_| deployer.status());
+    out
 }
 
 async fn reconcile_steps(
-    config: &Config,
-    cell_db: &mut Option<CellDb>,
-    deployer: &mut impl Deployer,
+    shared: &Shared,
+    deployer: &mut LocalProcess,
     state: &DesiredState,
-    done: &mut Reconciled,
+    out: &mut Reconciled,
 ) -> Result<(), String> {
-    if cell_db.is_none() {
-        *cell_db = Some(
-            CellDb::open(&config.database_url)
-                .await
-                .map_err(|e| e.to_string())?,
-        );
-    }
-    let Some(db) = cell_db.as_ref() else {
-        return Err("cell database not open".to_owned());
-    };
-    done.applied = Some(
-        db.migrate(&state.migrations)
-            .await
-            .map_err(|e| e.to_string())?,
-    );
-    done.drift = Some(match state.kind {
+    let db = shared.db().await?;
+    out.applied = db
+        .migrate(&state.migrations)
+        .await
+        .map_err(|e| e.to_string())?;
+    out.drift = match state.kind {
         CellKind::Pooled => db.enforce_rls().await.map_err(|e| e.to_string())?,
         CellKind::Dedicated => Vec::new(),
-    });
+    };
+    out.unmovable = db
+        .tenant_tables()
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter_map(|t| t.unmovable.map(|why| format!("{}: {why}", t.name)))
+        .collect();
     // Expand migrations run before the new code: the release starts only on a migrated database.
     if let Some(release) = &state.release {
         let endpoint = state
@@ -360,44 +354,166 @@ async fn reconcile_steps(
             .ok_or_else(|| "the cell has no endpoint to run its workload on".to_owned())?;
         let ctx = WorkloadContext {
             endpoint,
-            database_url: config.workload_database_url.clone(),
-            cell: config.cell.clone(),
+            database_url: shared.config.workload_database_url.clone(),
+            cell: shared.config.cell.clone(),
         };
         deployer.ensure(release, &ctx).await?;
-        deployer.hand_tenants(&cell_tenants(state)).await?;
+        let (set, epoch) = {
+            let guard = shared.achieved.lock().unwrap_or_else(|p| p.into_inner());
+            (cell_tenants(state, &guard.0, guard.1), guard.1)
+        };
+        deployer.hand_tenants(&set).await?;
+        out.handed_generation = state.generation;
+        out.handed_epoch = epoch;
     }
     Ok(())
 }
 
-/// The tenant set the workload enforces: every tenant placed on the cell, with its state.
-fn cell_tenants(state: &DesiredState) -> CellTenants {
-    let mut tenants: Vec<CellTenant> = state
-        .tenants
-        .iter()
-        .map(|t| CellTenant {
+/// The tenant set the workload enforces: every tenant placed on the cell, with its state; a
+/// tenant whose move fences it is refused as moved; one whose move has not yet made the
+/// database ready for it here (capture before a target serves, the guard lifted before a source
+/// serves again) is left out until it has.
+fn cell_tenants(
+    state: &DesiredState,
+    achieved: &HashMap<String, Achieved>,
+    epoch: u64,
+) -> CellTenants {
+    let mut tenants: Vec<CellTenant> = Vec::new();
+    for t in &state.tenants {
+        if tenants.iter().any(|c| c.tenant == t.tenant) {
+            continue;
+        }
+        let tasks = state.moves.iter().filter(|m| m.tenant == t.tenant);
+        let mut fenced = false;
+        let mut held = false;
+        for m in tasks {
+            fenced |= m.fence;
+            held |= match achieved.get(&m.id) {
+                None => true,
+                Some(a) => {
+                    (m.role == MoveRole::Target && m.capture && !a.capture)
+                        || (!m.guard && !m.fence && a.guard)
+                }
+            };
+        }
+        if held && !fenced {
+            continue;
+        }
+        tenants.push(CellTenant {
             tenant: t.tenant.clone(),
             state: t.state,
-        })
-        .collect();
-    tenants.dedup_by(|a, b| a.tenant == b.tenant);
+            fenced,
+        });
+    }
     CellTenants {
         generation: state.generation,
+        epoch,
         tenants,
     }
 }
 
+/// Reports what the cell is: at once when the reconcile's outcome changes, else every
+/// [`REPORT_EVERY`] (a heartbeat), with health scraped from the workload.
+async fn report_loop(cp: ControlPlane, shared: Arc<Shared>, mut accepted: watch::Receiver<bool>) {
+    // Nothing to say before the control plane has answered once.
+    let _ = accepted.wait_for(|a| *a).await;
+    let mut status = shared.status.subscribe();
+    let mut window = Window::new(HEALTH_WINDOW);
+    let scraper = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap_or_default();
+    let mut reported: Option<AgentReport> = None;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let s = status.borrow_and_update().clone();
+        // Health: scrape the running workload; a failed scrape is a gap, not zero traffic.
+        if s.release.is_some()
+            && let Some(endpoint) = &s.endpoint
+        {
+            let url = format!("{}/metrics", endpoint.trim_end_matches('/'));
+            match scraper
+                .get(&url)
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+            {
+                Ok(resp) => window.push(
+                    std::time::Instant::now(),
+                    crate::health::parse(&resp.text().await.unwrap_or_default()),
+                ),
+                Err(e) => tracing::warn!(error = %e, %url, "cannot scrape the workload"),
+            }
+        }
+        let desired = shared.desired.borrow().clone();
+        let counted = match shared.db().await {
+            Ok(db) => db.tenant_rows().await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot count tenant rows");
+                Default::default()
+            }),
+            Err(_) => Default::default(),
+        };
+        let (tenant_rows, stray_rows) = split_rows(counted, desired.as_deref());
+        let mut isolation_drift = s.drift.clone();
+        isolation_drift.extend(stray_rows.iter().map(|(tenant, n)| {
+            format!("{n} rows of tenant {tenant:?} in the cell database, which is not placed on this cell")
+        }));
+        isolation_drift.truncate(cellfleet_api::report_limits::DRIFT);
+        let report = AgentReport {
+            observed_generation: s.generation,
+            tenant_rows,
+            stray_rows,
+            health: window.health(),
+            release: s.release.clone(),
+            migrations: s.applied.clone(),
+            isolation_drift,
+            workload: s.workload.clone(),
+            unmovable: s.unmovable.clone(),
+            errors: s.errors.clone(),
+        };
+        let pause = match cp.report(&report).await {
+            Ok(()) => {
+                if reported.as_ref() != Some(&report) {
+                    tracing::info!(
+                        observed = report.observed_generation,
+                        errors = report.errors.len(),
+                        "reported"
+                    );
+                }
+                reported = Some(report);
+                backoff = Duration::from_millis(200);
+                REPORT_EVERY
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "report failed");
+                let p = backoff;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                p
+            }
+        };
+        tokio::select! {
+            _ = status.changed() => {}
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
 /// Splits the rows counted per tenant into those of tenants placed on the cell and the rest
-/// (isolation drift: data the cell should not hold). Without a desired state yet, every valid
-/// tenant id counts as placed (nothing is known to contradict it).
-fn split_rows(
+/// (isolation drift: data the cell should not hold). Tenants with a move through the cell are
+/// placed for this purpose (their rows are arriving or leaving). Without a desired state yet,
+/// every valid tenant id counts as placed (nothing is known to contradict it).
+pub fn split_rows(
     counted: BTreeMap<String, i64>,
     state: Option<&DesiredState>,
 ) -> (BTreeMap<String, i64>, BTreeMap<String, i64>) {
     let mut placed = BTreeMap::new();
     let mut stray = BTreeMap::new();
     for (tenant, rows) in counted {
-        let here = TenantId::new(tenant.clone())
-            .is_ok_and(|id| state.is_none_or(|s| s.tenants.iter().any(|t| t.tenant == id)));
+        let here = TenantId::new(tenant.clone()).is_ok_and(|id| {
+            state.is_none_or(|s| {
+                s.tenants.iter().any(|t| t.tenant == id) || s.moves.iter().any(|m| m.tenant == id)
+            })
+        });
         if here {
             placed.insert(tenant, rows);
         } else if stray.len() < cellfleet_api::report_limits::STRAY_ROWS {

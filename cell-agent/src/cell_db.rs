@@ -51,8 +51,8 @@ const MIGRATION_LOCK: i64 = 0x63_66_6d_69_67;
 
 #[derive(Debug, Clone)]
 pub struct CellDb {
-    pool: AnyPool,
-    backend: Backend,
+    pub(crate) pool: AnyPool,
+    pub(crate) backend: Backend,
 }
 
 impl CellDb {
@@ -71,7 +71,7 @@ impl CellDb {
             return Err(CellDbError::UnsupportedUrl(url.to_owned()));
         };
         let pool = AnyPoolOptions::new()
-            .max_connections(4)
+            .max_connections(6)
             .connect(&url)
             .await?;
         let db = CellDb { pool, backend };
@@ -84,7 +84,8 @@ impl CellDb {
         Ok(db)
     }
 
-    async fn locked(&self) -> Result<Transaction<'static, Any>, CellDbError> {
+    /// A write transaction holding the database's write lock (see the module docs).
+    pub(crate) async fn locked(&self) -> Result<Transaction<'static, Any>, CellDbError> {
         Ok(match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => {
@@ -232,7 +233,7 @@ impl CellDb {
                c.relrowsecurity AND c.relforcerowsecurity AS secured, \
                EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = 'tenant_isolation') AS has_policy \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = current_schema() AND c.relkind = 'r' AND c.relname <> 'cellfleet_migrations' \
+             WHERE n.nspname = current_schema() AND c.relkind = 'r' AND c.relname NOT LIKE 'cellfleet\\_%' \
              ORDER BY c.relname",
         )
         .fetch_all(&self.pool)

@@ -3,9 +3,12 @@
 
 mod agent;
 mod cell_db;
+mod control_plane;
 mod deployer;
 mod health;
 mod ledger;
+mod move_db;
+mod mover;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -17,6 +17,7 @@ pub mod http;
 pub mod lifecycle;
 pub mod local;
 pub mod manifest;
+pub mod moves;
 pub mod placement;
 pub mod server;
 pub mod service;

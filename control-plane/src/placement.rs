@@ -211,6 +211,14 @@ impl Fleet {
         }
     }
 
+    /// Takes `cell` out of consideration for placements (as if it were not ready): a move must
+    /// go somewhere else than where the tenant is.
+    pub fn retire(&mut self, cell: &CellName) {
+        if let Some(&i) = self.by_name.get(cell) {
+            self.slots[i].info.state = CellState::Retired;
+        }
+    }
+
     /// Records that a tenant environment left `cell`.
     pub fn unassign(&mut self, cell: &CellName) {
         if let Some(&i) = self.by_name.get(cell) {

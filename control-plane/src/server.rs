@@ -142,14 +142,30 @@ impl Server {
         let checkpoints = tokio::spawn(checkpoint_loop(
             self.registry.clone(),
             self.checkpoint_every,
-            stopped,
+            stopped.clone(),
         ));
+        // Long-running operations (moves) resume where their rows say they are.
+        let registry = self.registry.clone();
+        let settings = self.state.move_settings;
+        let mut driver_stop = stopped;
+        let operations = tokio::spawn(async move {
+            registry
+                .drive_operations(
+                    format!("cp-{}", uuid::Uuid::new_v4()),
+                    settings,
+                    async move {
+                        let _ = driver_stop.wait_for(|s| *s).await;
+                    },
+                )
+                .await;
+        });
         let served = axum::serve(self.listener, app(self.state))
             .with_graceful_shutdown(shutdown)
             .await
             .context("server failed");
         let _ = stop.send(true);
         let _ = checkpoints.await;
+        let _ = operations.await;
         self.registry.store().close().await;
         served
     }

@@ -213,6 +213,47 @@ fn routes() -> Vec<(&'static str, &'static str, Option<Value>, &'static [Role])>
             &[Admin],
         ),
         ("DELETE", "/v1/tokens/tok_unknown", None, &[Admin]),
+        (
+            "POST",
+            "/v1/moves",
+            Some(json!({"tenant": "acme", "to": "pooled", "dryRun": true})),
+            &[Admin, Operator],
+        ),
+        ("GET", "/v1/moves", None, READERS),
+        ("GET", "/v1/moves/mv_unknown", None, READERS),
+        (
+            "POST",
+            "/v1/moves/mv_unknown/abort",
+            None,
+            &[Admin, Operator],
+        ),
+        (
+            "POST",
+            "/v1/moves/mv_unknown/rollback",
+            None,
+            &[Admin, Operator],
+        ),
+        ("GET", "/v1/routers", None, READERS),
+        ("GET", "/v1/agent/moves/mv_unknown/position", None, &[Agent]),
+        ("GET", "/v1/agent/moves/mv_unknown/chunks", None, &[Agent]),
+        (
+            "POST",
+            "/v1/agent/moves/mv_unknown/chunks",
+            Some(json!({"seq": 1, "kind": "end", "items": [], "cursor": null, "changeSeq": 0})),
+            &[Agent],
+        ),
+        (
+            "POST",
+            "/v1/agent/moves/mv_unknown/applied",
+            Some(json!({"seq": 1})),
+            &[Agent],
+        ),
+        (
+            "POST",
+            "/v1/agent/moves/mv_unknown/side",
+            Some(json!({})),
+            &[Agent],
+        ),
     ]
 }
 
@@ -543,7 +584,8 @@ async fn checked_in_openapi_matches_the_code() {
             .replace("/acme", "/{id}")
             .replace("/globex", "/{id}")
             .replace("/euw1-pool-1", "/{name}")
-            .replace("/tok_unknown", "/{id}");
+            .replace("/tok_unknown", "/{id}")
+            .replace("/mv_unknown", "/{id}");
         assert!(
             doc["paths"].get(&templated).is_some(),
             "{templated} is not documented"

@@ -17,6 +17,7 @@
 //!         control_plane: "http://127.0.0.1:7400".into(),
 //!         token: std::fs::read_to_string("edge.token")?.trim().into(),
 //!         poll: std::time::Duration::from_secs(30),
+//!         router_id: None,
 //!     },
 //!     RoutingTable::empty(),
 //! )?;

@@ -24,6 +24,9 @@ pub struct WatcherConfig {
     pub token: String,
     /// How long each long-poll may wait.
     pub poll: Duration,
+    /// A stable id for this router: the control plane then records the table version it serves
+    /// (tenant moves wait for every live router to hold a frozen route).
+    pub router_id: Option<String>,
 }
 
 /// Syncs a routing table from the control plane (see the module docs).
@@ -215,12 +218,11 @@ impl RouteWatcher {
         }
         let since = self.table.load().version();
         let wait = format!("{}ms", self.config.poll.as_millis());
-        let watch: RoutesWatch = self
-            .get(
-                "/v1/routes/watch",
-                &[("since", since.to_string()), ("timeout", wait)],
-            )
-            .await?;
+        let mut query = vec![("since", since.to_string()), ("timeout", wait)];
+        if let Some(id) = &self.config.router_id {
+            query.push(("router", id.clone()));
+        }
+        let watch: RoutesWatch = self.get("/v1/routes/watch", &query).await?;
         if let Some(snapshot) = watch.snapshot {
             let table = RoutingTable::from_snapshot(&snapshot).map_err(|e| e.to_string())?;
             self.publish(table);

@@ -49,6 +49,7 @@ async fn the_watcher_follows_the_control_plane_and_survives_its_absence() {
             control_plane: server.url.clone(),
             token: edge["token"].as_str().unwrap_or_default().to_owned(),
             poll: Duration::from_secs(2),
+            router_id: None,
         },
         RoutingTable::empty(),
     )

@@ -5,6 +5,7 @@
 //! the process with a non-zero exit code and a one-line reason on stderr.
 
 mod client;
+mod moves;
 mod output;
 mod up;
 
@@ -91,6 +92,12 @@ pub enum Command {
     /// Read and verify the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Move tenants between cells (with writes running), watch, abort, roll back.
+    #[command(subcommand)]
+    Move(moves::MoveCommand),
+    /// The edge routers the control plane sees.
+    #[command(subcommand)]
+    Router(moves::RouterCommand),
 }
 
 #[derive(Debug, Args)]
@@ -344,7 +351,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Prints `value` as JSON or as the table `render` makes.
-fn show<T: Serialize>(
+pub(crate) fn show<T: Serialize>(
     format: Format,
     value: &T,
     render: impl FnOnce(&T) -> String,
@@ -378,6 +385,8 @@ async fn operate(client: &Client, format: Format, command: Command) -> anyhow::R
             show(format, &resp, output::apply)?;
         }
         Command::Tenant(cmd) => tenant(client, format, cmd).await?,
+        Command::Move(cmd) => return moves::run(client, format, cmd).await,
+        Command::Router(cmd) => moves::routers(client, format, cmd).await?,
         Command::Cell(CellCommand::List) => show(
             format,
             &client.get::<Vec<CellView>>("/v1/cells").await?,

@@ -7,15 +7,31 @@ use cellfleet_api::{
 use comfy_table::presets::NOTHING;
 use comfy_table::{Cell, Table};
 
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(NOTHING);
     t.set_header(header.iter().map(Cell::new));
     t
 }
 
-fn or_dash(s: Option<impl ToString>) -> String {
+pub(crate) fn or_dash(s: Option<impl ToString>) -> String {
     s.map(|s| s.to_string()).unwrap_or_else(|| "-".to_owned())
+}
+
+/// `1.4 MiB`, `812 B`.
+pub(crate) fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }
 
 pub fn regions(regions: &[RegionView]) -> String {

@@ -11,6 +11,7 @@ mod error;
 mod extract;
 mod fleet;
 mod metrics;
+mod moves;
 mod releases;
 mod routes;
 mod tenants;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
+    /// The moves driver's settings (router timeouts are also how `router list` judges).
+    pub move_settings: crate::moves::MoveSettings,
 }
 
 impl AppState {
@@ -45,6 +48,7 @@ impl AppState {
             registry,
             metrics: Arc::new(Metrics::default()),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            move_settings: crate::moves::MoveSettings::default(),
         }
     }
 }
@@ -72,6 +76,18 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/routes/{tenant}", get(routes::lookup))
         .route("/v1/agent/desired", get(agent::desired))
         .route("/v1/agent/report", post(agent::report))
+        .route("/v1/agent/moves/{id}/position", get(moves::position))
+        .route(
+            "/v1/agent/moves/{id}/chunks",
+            get(moves::download).post(moves::upload),
+        )
+        .route("/v1/agent/moves/{id}/applied", post(moves::applied))
+        .route("/v1/agent/moves/{id}/side", post(moves::side))
+        .route("/v1/moves", get(moves::list).post(moves::start))
+        .route("/v1/moves/{id}", get(moves::get))
+        .route("/v1/moves/{id}/abort", post(moves::abort))
+        .route("/v1/moves/{id}/rollback", post(moves::rollback))
+        .route("/v1/routers", get(moves::routers))
         .route("/v1/tenants", get(tenants::list).post(tenants::create))
         .route(
             "/v1/tenants/{id}",
@@ -156,7 +172,9 @@ fn long_poll_wait(timeout: Option<&str>) -> Result<std::time::Duration, ApiError
         admin::healthz, admin::metrics, admin::openapi,
         fleet::apply, fleet::list_regions, fleet::add_migrations, fleet::list_migrations, fleet::list_cells, fleet::get_cell, agent::cell_desired,
         agent::desired, agent::report, releases::create, releases::list, releases::deploy,
-        routes::snapshot, routes::watch, routes::lookup,
+        routes::snapshot, routes::watch, routes::lookup, moves::routers,
+        moves::start, moves::list, moves::get, moves::abort, moves::rollback,
+        moves::position, moves::upload, moves::download, moves::applied, moves::side,
         tenants::list, tenants::create, tenants::get, tenants::delete, tenants::suspend,
         tenants::resume, tenants::archive, tenants::explain, tenants::context,
         admin::create_token, admin::list_tokens, admin::revoke_token,

@@ -17,6 +17,9 @@ pub struct WatchQuery {
     pub since: Option<i64>,
     /// How long to wait for a change, e.g. `30s` (default 30s, at most 60s).
     pub timeout: Option<String>,
+    /// The router's stable id: `since` is then its acknowledgement of the table it serves, which
+    /// tenant moves wait for (`cellfleet router list`).
+    pub router: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -47,6 +50,12 @@ pub async fn watch(
 ) -> Result<Json<RoutesWatch>, ApiError> {
     auth.require(Action::ReadRoutes)?;
     let wait = long_poll_wait(q.timeout.as_deref())?;
+    if let Some(router) = &q.router {
+        state
+            .registry
+            .router_seen(router, q.since.unwrap_or(0))
+            .await?;
+    }
     let answer = state
         .registry
         .watch_routes(q.since.unwrap_or(0), wait)

@@ -19,6 +19,7 @@ use cellfleet_api::{
 };
 use serde_json::json;
 
+use super::moves::OpenMoves;
 use super::{Error, Registry, Result, not_found};
 use crate::context::isolation;
 use crate::store::{self, Caller, CellRow, PlacementRow, TenantRow, Tx};
@@ -51,6 +52,7 @@ async fn desired_of(
     row: &CellRow,
     placements: &[(PlacementRow, TenantRow)],
     migrations: Vec<Migration>,
+    moves: &OpenMoves,
 ) -> Result<DesiredState> {
     let tenants = desired_tenants(placements);
     let release = match &row.desired_release {
@@ -70,7 +72,7 @@ async fn desired_of(
         migrations,
         release,
         endpoint: row.spec.endpoint.clone(),
-        moves: Vec::new(),
+        moves: moves.tasks_for(&row.name),
     })
 }
 
@@ -81,21 +83,25 @@ impl Registry {
         let mut moved = false;
         let touched = tx.take_touched();
         let mut routing_version: Option<i64> = None;
-        let migrations = if touched.is_empty() {
-            Vec::new()
+        let (migrations, moves) = if touched.is_empty() {
+            (Vec::new(), OpenMoves::default())
         } else {
-            store::list_migrations(tx.conn()).await?
+            (
+                store::list_migrations(tx.conn()).await?,
+                OpenMoves::load(tx.conn()).await?,
+            )
         };
         for cell in touched {
             let Some(row) = store::get_cell(tx.conn(), &cell).await? else {
                 continue;
             };
             let placements = store::placements_on(tx.conn(), &cell).await?;
-            let hash = desired_of(tx.conn(), &row, &placements, migrations.clone())
+            let hash = desired_of(tx.conn(), &row, &placements, migrations.clone(), &moves)
                 .await?
                 .content_hash();
             // The routing table moves in the same transaction as what it is derived from.
-            super::routes::refresh(tx.conn(), &row, &placements, &mut routing_version).await?;
+            super::routes::refresh(tx.conn(), &row, &placements, &moves, &mut routing_version)
+                .await?;
             let Some((generation, old_hash)) = store::cell_generation(tx.conn(), &cell).await?
             else {
                 continue;
@@ -123,7 +129,8 @@ impl Registry {
             .ok_or_else(|| not_found("cell", cell))?;
         let migrations = store::list_migrations(&mut snapshot).await?;
         let placements = store::placements_on(&mut snapshot, cell).await?;
-        desired_of(&mut snapshot, &row, &placements, migrations).await
+        let moves = OpenMoves::load(&mut snapshot).await?;
+        desired_of(&mut snapshot, &row, &placements, migrations, &moves).await
     }
 
     /// Long-poll: returns the desired state as soon as its generation is above `since`, or the

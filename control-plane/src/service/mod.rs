@@ -7,6 +7,8 @@ mod apply;
 mod audit;
 mod diff;
 pub mod migrations;
+pub mod moves;
+mod operations;
 mod placing;
 mod releases;
 mod routes;
@@ -123,6 +125,8 @@ pub struct Registry {
     changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
     /// Signs audit checkpoints (none: the chain is verified without anchors).
     audit_key: Option<std::sync::Arc<crate::audit_key::AuditKey>>,
+    /// Wakes the operations driver (something an operation waits for changed).
+    operations: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Registry {
@@ -132,7 +136,18 @@ impl Registry {
             settings,
             changes: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
             audit_key: None,
+            operations: std::sync::Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// Wakes the operations driver: something an operation may wait for changed.
+    pub fn operations_changed(&self) {
+        self.operations.notify_one();
+    }
+
+    /// Resolves when [`Registry::operations_changed`] was called (since the last wait).
+    pub async fn operations_wakeup(&self) {
+        self.operations.notified().await;
     }
 
     /// Checkpoints the audit chain with `key` (see `audit`).

@@ -14,6 +14,7 @@ use cellfleet_api::{
 };
 use sqlx::AnyConnection;
 
+use super::moves::OpenMoves;
 use super::{Registry, Result, not_found};
 use crate::store::{self, CellRow, PlacementRow, TenantRow};
 
@@ -21,11 +22,17 @@ use crate::store::{self, CellRow, PlacementRow, TenantRow};
 const REPLICA_POLL: Duration = Duration::from_secs(2);
 
 /// The entries `cell` should have now (`version` is filled in when written).
-fn entries(cell: &CellRow, placements: &[(PlacementRow, TenantRow)]) -> Vec<RouteEntry> {
+fn entries(
+    cell: &CellRow,
+    placements: &[(PlacementRow, TenantRow)],
+    moves: &OpenMoves,
+) -> Vec<RouteEntry> {
     placements
         .iter()
         .filter_map(|(p, t)| {
             let state = match t.state {
+                // A move cutting over: routers hold the tenant's requests.
+                TenantState::Active if moves.frozen(&t.id, &p.env) => RouteState::Frozen,
                 TenantState::Active => RouteState::Active,
                 TenantState::Suspended => RouteState::Suspended,
                 // Not serving yet, or not any more.
@@ -59,6 +66,7 @@ pub(super) async fn refresh(
     conn: &mut AnyConnection,
     cell: &CellRow,
     placements: &[(PlacementRow, TenantRow)],
+    moves: &OpenMoves,
     version: &mut Option<i64>,
 ) -> Result<()> {
     let stored: HashMap<(TenantId, Env), RouteEntry> = store::routes_on_cell(conn, &cell.name)
@@ -66,7 +74,7 @@ pub(super) async fn refresh(
         .into_iter()
         .map(|e| ((e.tenant.clone(), e.env.clone()), e))
         .collect();
-    let current = entries(cell, placements);
+    let current = entries(cell, placements, moves);
     let head = match version {
         Some(v) => *v,
         None => store::routing_version(conn).await?,

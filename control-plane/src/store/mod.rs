@@ -16,6 +16,7 @@
 
 mod agents;
 mod audit_log;
+mod operations;
 mod registry;
 mod routes;
 mod tokens;
@@ -35,6 +36,7 @@ pub use agents::*;
 pub use audit_log::{
     AuditEntry, audit_all, audit_checkpoints, audit_head, audit_list, insert_checkpoint,
 };
+pub use operations::*;
 pub use registry::*;
 pub use routes::*;
 pub use tokens::*;

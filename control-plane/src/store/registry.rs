@@ -125,7 +125,9 @@ pub async fn upsert_region(
 
 const CELL_COLUMNS: &str = "SELECT c.name, c.labels, c.spec, c.state, c.created_at, c.updated_at, \
      c.desired_generation, c.desired_release, \
-     (SELECT COUNT(*) FROM placements p WHERE p.cell = c.name) AS load FROM cells c";
+     (SELECT COUNT(*) FROM placements p WHERE p.cell = c.name) + \
+     (SELECT COUNT(*) FROM operations o WHERE o.reserves = c.name AND o.finished_at IS NULL) AS load \
+     FROM cells c";
 
 fn cell_row(row: &AnyRow) -> Result<CellRow> {
     let name: String = row.try_get("name")?;
@@ -354,6 +356,25 @@ pub async fn insert_placement(conn: &mut AnyConnection, p: &PlacementRow) -> Res
         .bind(p.generation.0)
         .bind(canonical(&p.explanation))
         .bind(millis(p.placed_at)),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Moves a placement to another cell with a new generation and the decision that made it (a
+/// tenant move's cut-over).
+pub async fn move_placement(conn: &mut AnyConnection, p: &PlacementRow) -> Result<()> {
+    conn.execute(
+        sqlx::query(
+            "UPDATE placements SET cell = $1, region = $2, generation = $3, explanation = $4, placed_at = $5              WHERE tenant_id = $6 AND env = $7",
+        )
+        .bind(p.cell.to_string())
+        .bind(p.region.to_string())
+        .bind(p.generation.0)
+        .bind(canonical(&p.explanation))
+        .bind(millis(p.placed_at))
+        .bind(p.tenant.to_string())
+        .bind(p.env.to_string()),
     )
     .await?;
     Ok(())

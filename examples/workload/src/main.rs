@@ -24,6 +24,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use cellfleet_api::workload::refusal;
 use cellfleet_api::{CellTenants, WorkloadHealth};
 use clap::Parser;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -146,6 +147,11 @@ impl IntoResponse for AppError {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "injected failure (error-rate knob)".to_owned(),
             ),
+            // A move's write guard refused the write: nothing was applied, so the request is
+            // answered like any other request of a tenant being moved (retry-safe).
+            AppError::Db(e) if e.to_string().contains(refusal::GUARD_MARKER) => {
+                return tenants::refused(&tenants::Gate::Moved, "", "");
+            }
             AppError::Db(e) => {
                 tracing::error!(error = %e, "database error");
                 (

@@ -23,6 +23,8 @@ pub enum Gate {
     NotHere,
     /// Placed here, but in this state (not active): 403.
     Inactive(TenantState),
+    /// Being moved away (fenced by a move): 503 `moved`, retry through the router.
+    Moved,
     /// No tenant set yet: 503, retry shortly.
     NotReady,
 }
@@ -30,7 +32,9 @@ pub enum Gate {
 #[derive(Debug, Default)]
 struct Set {
     generation: i64,
-    tenants: HashMap<String, TenantState>,
+    epoch: u64,
+    /// Each tenant's state, and whether a move fences it.
+    tenants: HashMap<String, (TenantState, bool)>,
 }
 
 /// The tenant set in force, shared by every request.
@@ -74,8 +78,9 @@ impl Tenants {
         match set.as_ref() {
             None => Gate::NotReady,
             Some(set) => match set.tenants.get(tenant) {
-                Some(TenantState::Active) => Gate::Serve,
-                Some(state) => Gate::Inactive(*state),
+                Some((_, true)) => Gate::Moved,
+                Some((TenantState::Active, false)) => Gate::Serve,
+                Some((state, false)) => Gate::Inactive(*state),
                 None => Gate::NotHere,
             },
         }
@@ -104,16 +109,17 @@ impl Tenants {
         }
         let mut set = self.set.write().unwrap_or_else(|p| p.into_inner());
         if let Some(current) = set.as_ref()
-            && next.generation < current.generation
+            && (next.generation, next.epoch) < (current.generation, current.epoch)
         {
             return Err(HandError::Stale(current.generation));
         }
         *set = Some(Set {
             generation: next.generation,
+            epoch: next.epoch,
             tenants: next
                 .tenants
                 .into_iter()
-                .map(|t| (t.tenant.to_string(), t.state))
+                .map(|t| (t.tenant.to_string(), (t.state, t.fenced)))
                 .collect(),
         });
         Ok(next.generation)
@@ -137,6 +143,14 @@ pub fn refused(gate: &Gate, tenant: &str, cell: &str) -> Response {
             state.to_string(),
             format!("tenant {tenant:?} is {state}"),
             false,
+        ),
+        Gate::Moved => (
+            refusal::MOVED.0,
+            refusal::MOVED.1.to_owned(),
+            format!(
+                "tenant {tenant:?} is being moved to another cell; nothing was done: retry through the router"
+            ),
+            true,
         ),
         Gate::NotReady => (
             refusal::NOT_READY.0,
@@ -177,8 +191,10 @@ mod tests {
                 .map(|(t, s)| CellTenant {
                     tenant: t.parse().unwrap(),
                     state: *s,
+                    fenced: false,
                 })
                 .collect(),
+            epoch: 0,
         }
     }
 
@@ -222,5 +238,15 @@ mod tests {
         // A newer one does, entirely.
         assert_eq!(t.hand(Some("Bearer tok"), set(4, &[])), Ok(4));
         assert_eq!(t.decide("acme"), Gate::NotHere);
+        // A fenced tenant (a move cutting over) is refused as moved; a later epoch of the same
+        // generation replaces the set.
+        let mut fenced = set(4, &[("acme", TenantState::Active)]);
+        fenced.epoch = 2;
+        fenced.tenants[0].fenced = true;
+        assert_eq!(t.hand(Some("Bearer tok"), fenced), Ok(4));
+        assert_eq!(t.decide("acme"), Gate::Moved);
+        let mut older = set(4, &[("acme", TenantState::Active)]);
+        older.epoch = 1;
+        assert_eq!(t.hand(Some("Bearer tok"), older), Err(HandError::Stale(4)));
     }
 }

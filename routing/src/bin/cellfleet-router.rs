@@ -84,6 +84,11 @@ struct Args {
     /// Idle connections nginx keeps to each cell.
     #[arg(long, env = "CELLFLEET_ROUTER_NGINX_KEEPALIVE", default_value_t = 32)]
     nginx_keepalive: u32,
+    /// This router's id on its watches (the control plane records the table version each
+    /// router serves; tenant moves wait for them) [default: one made on first start and kept in
+    /// the cache directory].
+    #[arg(long, env = "CELLFLEET_ROUTER_ID")]
+    router_id: Option<String>,
 }
 
 fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
@@ -155,6 +160,7 @@ fn main() -> std::process::ExitCode {
                 keepalive: args.nginx_keepalive,
                 grace: Duration::from_secs(2),
             }),
+            router_id: args.router_id.clone(),
         };
         let threads = args.worker_threads.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)

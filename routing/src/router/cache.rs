@@ -120,6 +120,27 @@ fn write_atomically(dir: &Path, name: &str, value: &impl Serialize) -> Result<()
         .map_err(io)
 }
 
+/// This router's stable id: read from `dir/router-id`, or made (`rt-` + 64 random bits) and kept
+/// there on first start, so the control plane knows it across restarts.
+pub fn router_id(dir: &Path) -> std::io::Result<String> {
+    let path = dir.join("router-id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let id = text.trim();
+        if !id.is_empty() {
+            return Ok(id.to_owned());
+        }
+    }
+    let mut bytes = [0u8; 8];
+    rand::fill(&mut bytes);
+    let id = format!(
+        "rt-{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(&path, format!("{id}\n"))?;
+    Ok(id)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -561,6 +561,8 @@ pub struct SidecarConfig {
     pub router: RouterConfig,
     /// Render per-cell nginx upstreams (connection pooling to cells).
     pub nginx_upstreams: Option<nginx_upstreams::NginxUpstreams>,
+    /// This router's id on its watches [default: one made once and kept in the cache directory].
+    pub router_id: Option<String>,
 }
 
 /// Why the sidecar could not start.
@@ -612,11 +614,20 @@ pub async fn run_sidecar(
         }
     };
     let saved_version = from_cache.then(|| initial.version());
+    let router_id = match &config.router_id {
+        Some(id) => id.clone(),
+        None => cache::router_id(&dir).map_err(|source| SidecarError::CacheDir {
+            path: dir.clone(),
+            source,
+        })?,
+    };
+    tracing::info!(router_id = %router_id, "router identity");
     let watcher = RouteWatcher::new(
         WatcherConfig {
             control_plane: config.control_plane.clone(),
             token: config.token.clone(),
             poll: config.poll,
+            router_id: Some(router_id),
         },
         initial,
     )?

@@ -1,0 +1,91 @@
+//! The operations driver: a background task of every control-plane replica that advances every
+//! open long-running operation (moves today). Each pass claims an operation's lease (so two
+//! replicas do not drive one operation at once; a lease left by a dead replica expires), asks the
+//! operation's kind for its next step and repeats while it moves on. Steps are compare-and-swaps
+//! on the operation's version, so a replica that loses a race simply decides again from what is
+//! there. After a restart the driver resumes every open operation where its row says it is.
+//!
+//! Wakes when something an operation waits for changes (`Registry::operations_changed`: an agent
+//! reported, a chunk arrived, an operator asked) and at least every [`TICK`] (timeouts, windows).
+
+use std::time::Duration;
+
+use super::{Error, Registry, Result};
+use crate::moves::MoveSettings;
+use crate::store;
+
+/// The longest the driver sleeps between passes.
+pub const TICK: Duration = Duration::from_millis(250);
+/// How long a claimed operation stays this replica's without a renewal.
+const LEASE: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
+/// Steps one operation may take in one pass (a move rarely takes more than two in a row).
+const STEPS_PER_PASS: usize = 8;
+
+impl Registry {
+    /// Drives open operations until `shutdown` resolves.
+    pub async fn drive_operations(
+        &self,
+        owner: String,
+        settings: MoveSettings,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            if let Err(e) = self.drive_once(&owner, &settings).await {
+                tracing::warn!(error = %e, "operations pass failed; trying again");
+            }
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = self.operations_wakeup() => {}
+                () = tokio::time::sleep(TICK) => {}
+            }
+        }
+    }
+
+    /// One pass over every open operation (tests call it directly).
+    pub async fn drive_once(&self, owner: &str, settings: &MoveSettings) -> Result<()> {
+        let ops = {
+            let mut conn = self.store.read().await?;
+            store::open_operations(&mut conn).await?
+        };
+        for op in ops {
+            let now = chrono::Utc::now();
+            let claimed = {
+                let mut conn = self.store.read().await?;
+                store::claim_lease(&mut conn, &op.id, owner, now, now + LEASE).await?
+            };
+            if !claimed {
+                continue;
+            }
+            let mut current = op;
+            for _ in 0..STEPS_PER_PASS {
+                let stepped = match current.kind.as_str() {
+                    super::moves::KIND => self.step_move(&current, settings).await,
+                    other => {
+                        tracing::error!(operation = %current.id, kind = other, "unknown operation kind");
+                        Ok(false)
+                    }
+                };
+                match stepped {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    // Lost a race (another replica, an operator's request): next pass.
+                    Err(e @ Error::Busy(_)) => {
+                        tracing::debug!(operation = %current.id, error = %e, "step raced");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(operation = %current.id, error = %e, "step failed");
+                        break;
+                    }
+                }
+                let mut conn = self.store.read().await?;
+                match store::get_operation(&mut conn, &current.id).await? {
+                    Some(next) if next.finished_at.is_none() => current = next,
+                    _ => break,
+                }
+            }
+        }
+        Ok(())
+    }
+}
