@@ -320,7 +320,7 @@ pub struct MoveChunk {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Verify {
-    /// The verify round (full checksums) this answers, or 0 for the rows-changed check.
+    /// The checksum round this answers (one per cut-over attempt).
     pub round: u32,
     /// Per table: the rows and checksum at the shipping side.
     #[schema(value_type = Object)]

@@ -22,6 +22,18 @@ use crate::model::TenantState;
 /// The header a workload names the reason of a refusal in (shared with the edge router).
 pub const REASON_HEADER: &str = "x-cellfleet-reason";
 
+/// On a refusal the edge may deliver elsewhere (`moved`, `not-placed-here`): the cell that
+/// refused. The edge sends it back with the request it delivers once more, so the router holds
+/// that request until its table routes the tenant elsewhere; a request that carries it is never
+/// redirected again.
+pub const REFUSED_BY_HEADER: &str = "x-cellfleet-refused-by";
+
+/// Set by an edge that re-routes refused requests by following a redirect (Envoy's internal
+/// redirects): a refusal the edge may deliver elsewhere is then a `307` to the same URL (with
+/// the same reason headers) instead of its `421`/`503`, unless the request already carries
+/// [`REFUSED_BY_HEADER`].
+pub const REDIRECT_HEADER: &str = "x-cellfleet-redirect";
+
 /// `GET /healthz` of a workload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -73,6 +85,8 @@ pub mod refusal {
     /// The tenant is being moved away (fenced): `503` + `Retry-After`; the edge sends the
     /// request once more through the router, which holds it until the new route arrives.
     pub const MOVED: (u16, &str) = (503, "moved");
+    /// The reasons of refusals an edge may deliver to another cell (with [`super::REFUSED_BY_HEADER`]).
+    pub const REROUTABLE: [&str; 2] = [NOT_HERE.1, MOVED.1];
     /// The marker of a database error raised by a move's write guard: a request that hit it was
     /// not applied, and is answered as moved.
     pub const GUARD_MARKER: &str = "cellfleet-fenced";

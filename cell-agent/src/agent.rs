@@ -62,6 +62,14 @@ pub struct Achieved {
     pub guard: bool,
 }
 
+/// A tenant-set epoch above any an earlier run of this agent handed out (milliseconds since the
+/// epoch; each run bumps it at most a few times per move step).
+fn first_epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2))
+}
+
 /// The state every task shares.
 #[derive(Debug)]
 pub struct Shared {
@@ -157,7 +165,9 @@ pub async fn run(
         config: config.clone(),
         sync_errors: Mutex::new(Vec::new()),
         status: watch::Sender::new(Reconciled::default()),
-        achieved: Mutex::new((HashMap::new(), 0)),
+        // Epochs order tenant sets within a generation; starting from the clock keeps them
+        // increasing across agent restarts (the workload may outlive the agent).
+        achieved: Mutex::new((HashMap::new(), first_epoch())),
         reconcile_now: Notify::new(),
         db: OnceCell::new(),
     });

@@ -124,7 +124,7 @@ pub struct LocalProcess {
     exits: VecDeque<Instant>,
     last_exit: Option<WorkloadExit>,
     /// `(instance, generation)` of the tenant set the running workload acknowledged.
-    tenants_handed: Option<(String, i64)>,
+    tenants_handed: Option<(String, i64, u64)>,
     http: reqwest::Client,
 }
 
@@ -590,7 +590,7 @@ impl Deployer for LocalProcess {
         let Some(r) = &self.running else {
             return Ok(());
         };
-        let key = (r.instance.clone(), tenants.generation);
+        let key = (r.instance.clone(), tenants.generation, tenants.epoch);
         if self.tenants_handed.as_ref() == Some(&key) {
             return Ok(());
         }
@@ -636,8 +636,8 @@ impl Deployer for LocalProcess {
             tenants_generation: self
                 .tenants_handed
                 .as_ref()
-                .filter(|(i, _)| Some(i) == instance.as_ref())
-                .map(|(_, g)| *g),
+                .filter(|(i, _, _)| Some(i) == instance.as_ref())
+                .map(|(_, g, _)| *g),
             instance,
             restarts: self.restarts,
             recent_exits: self.recent_exits(),

@@ -90,9 +90,9 @@ struct Cursor {
     after: Option<Value>,
     /// Changes of the capture log sent up to here.
     after_seq: i64,
-    /// The last full-checksum round sent, and the fence the changed-rows check covered.
+    /// The last full-checksum round sent, and the (round, fence) the changed-rows check covered.
     round: u32,
-    final_at: i64,
+    fence_checked: Option<(u32, i64)>,
 }
 
 /// One worker's state between passes.
@@ -301,7 +301,11 @@ impl Worker {
         };
         if t.role == MoveRole::Source && self.side.rows.is_none() {
             let counted = db.tenant_rows().await.unwrap_or_default();
-            self.side.rows = counted.get(tenant).map(|n| u64::try_from(*n).unwrap_or(0));
+            self.side.rows = Some(
+                counted
+                    .get(tenant)
+                    .map_or(0, |n| u64::try_from(*n).unwrap_or(0)),
+            );
         }
         self.send_side().await?;
 
@@ -398,7 +402,9 @@ impl Worker {
             // After the fence: the rows changed since the last full round, once every change up
             // to the fence is in this chunk.
             let fenced_at = self.side.fenced_at;
-            let last = fenced_at.is_some_and(|s| upto >= s && cursor.final_at < s) && complete;
+            let last = fenced_at
+                .is_some_and(|s| upto >= s && cursor.fence_checked != Some((t.verify_round, s)))
+                && complete;
             if changes.is_empty() && !full && !last {
                 return Ok(false);
             }
@@ -421,13 +427,19 @@ impl Worker {
                 cursor.round = t.verify_round;
             } else if last {
                 let s = fenced_at.unwrap_or(upto);
-                let pks = db.touched(&mut snap, &self.id, t.verified_upto, s).await?;
+                // The forward stream was verified in full up to `verified_upto`; the reverse
+                // one (the rollback window's changes) is checked whole.
+                let since = match t.role {
+                    MoveRole::Source => t.verified_upto,
+                    MoveRole::Target => 0,
+                };
+                let pks = db.touched(&mut snap, &self.id, since, s).await?;
                 chunk.verify = Some(Verify {
-                    round: 0,
+                    round: t.verify_round,
                     sums: db.checksums(&mut snap, tenant, tables, Some(&pks)).await?,
                     pks: Some(pks),
                 });
-                cursor.final_at = s;
+                cursor.fence_checked = Some((t.verify_round, s));
             }
             cursor.after_seq = upto;
         }

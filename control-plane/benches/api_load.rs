@@ -70,6 +70,7 @@ async fn run(db: Db) -> anyhow::Result<()> {
         audit_key_file: Some(test_db.dir.path().join("audit.key")),
         audit_checkpoint_log: Some(test_db.dir.path().join("audit-checkpoints.jsonl")),
         audit_checkpoint_every: cellfleet::server::AUDIT_CHECKPOINT_EVERY,
+        move_settings: Default::default(),
     })
     .await?;
     let base = server.url();

@@ -19,6 +19,7 @@ pub mod local;
 pub mod manifest;
 pub mod moves;
 pub mod placement;
+pub mod provider;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -130,6 +130,12 @@ struct LocalCell {
 /// The running agents of a local fleet.
 #[derive(Debug)]
 pub struct LocalFleet {
+    control_plane: String,
+    root: PathBuf,
+    databases: CellDatabases,
+    agent_bin: PathBuf,
+    /// `PATH` for agents: the workspace's binaries first.
+    path: std::ffi::OsString,
     cells: Vec<LocalCell>,
 }
 
@@ -151,54 +157,74 @@ impl LocalFleet {
             )?,
             None => bin_dir.clone().into_os_string(),
         };
-        let mut cells = Vec::new();
+        let mut fleet = LocalFleet {
+            control_plane: control_plane.to_owned(),
+            root: root.to_owned(),
+            databases: databases.clone(),
+            agent_bin,
+            path,
+            cells: Vec::new(),
+        };
         for cell in registry.cells().await? {
-            let dir = root.join("cells").join(cell.name.as_str());
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-            let token_file = dir.join("agent.token");
-            let have_token =
-                std::fs::read_to_string(&token_file).is_ok_and(|t| !t.trim().is_empty());
-            if !have_token {
-                // An empty file left by an interrupted start: make room for the new token.
-                let _ = std::fs::remove_file(&token_file);
-                let created = registry
-                    .create_token(
-                        &Caller::system("up"),
-                        &CreateTokenRequest {
-                            role: Role::Agent,
-                            cell: Some(cell.name.clone()),
-                            description: Some(format!("local agent of {}", cell.name)),
-                        },
-                    )
-                    .await?;
-                write_secret_file(&token_file, &created.token)?;
-            }
-            let database = provision_database(databases, &cell.name, &dir).await?;
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join("agent.log"))
-                .with_context(|| format!("cannot open {}/agent.log", dir.display()))?;
-            let agent = Command::new(&agent_bin)
-                .env("CELLFLEET_CONTROL_PLANE", control_plane)
-                .env("CELL_AGENT_TOKEN_FILE", &token_file)
-                .env("CELL_AGENT_CELL", cell.name.as_str())
-                .env("CELL_AGENT_DATA_DIR", &dir)
-                .env("CELL_AGENT_DATABASE_URL", &database.agent_url)
-                .env("CELL_AGENT_WORKLOAD_DATABASE_URL", &database.workload_url)
-                .env("PATH", &path)
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .kill_on_drop(true)
-                .spawn()
-                .with_context(|| format!("cannot start the agent of {}", cell.name))?;
-            cells.push(LocalCell {
-                name: cell.name,
-                agent,
-            });
+            fleet.start_cell(registry, &cell.name).await?;
         }
-        Ok(LocalFleet { cells })
+        Ok(fleet)
+    }
+
+    /// Provisions `cell` (directory, database, agent token; each kept if there) and starts its
+    /// agent, unless this fleet runs it already.
+    pub async fn start_cell(&mut self, registry: &Registry, cell: &CellName) -> anyhow::Result<()> {
+        if let Some(running) = self.cells.iter_mut().find(|c| &c.name == cell) {
+            if running.agent.try_wait()?.is_none() {
+                return Ok(());
+            }
+            tracing::warn!(%cell, "the cell's agent had exited; starting it again");
+            self.cells.retain(|c| &c.name != cell);
+        }
+        let dir = self.root.join("cells").join(cell.as_str());
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let token_file = dir.join("agent.token");
+        let have_token = std::fs::read_to_string(&token_file).is_ok_and(|t| !t.trim().is_empty());
+        if !have_token {
+            // An empty file left by an interrupted start: make room for the new token.
+            let _ = std::fs::remove_file(&token_file);
+            let created = registry
+                .create_token(
+                    &Caller::system("up"),
+                    &CreateTokenRequest {
+                        role: Role::Agent,
+                        cell: Some(cell.clone()),
+                        description: Some(format!("local agent of {cell}")),
+                    },
+                )
+                .await?;
+            write_secret_file(&token_file, &created.token)?;
+        }
+        let database = provision_database(&self.databases, cell, &dir).await?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("agent.log"))
+            .with_context(|| format!("cannot open {}/agent.log", dir.display()))?;
+        let agent = Command::new(&self.agent_bin)
+            .env("CELLFLEET_CONTROL_PLANE", &self.control_plane)
+            .env("CELL_AGENT_TOKEN_FILE", &token_file)
+            .env("CELL_AGENT_CELL", cell.as_str())
+            .env("CELL_AGENT_DATA_DIR", &dir)
+            .env("CELL_AGENT_DATABASE_URL", &database.agent_url)
+            .env("CELL_AGENT_WORKLOAD_DATABASE_URL", &database.workload_url)
+            .env("PATH", &self.path)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start the agent of {cell}"))?;
+        self.cells.push(LocalCell {
+            name: cell.clone(),
+            agent,
+        });
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -211,7 +237,7 @@ impl LocalFleet {
 
     /// Stops every agent (SIGTERM: each stops its workload), killing any that has not exited
     /// after 10 s.
-    pub async fn stop(mut self) {
+    pub async fn stop(&mut self) {
         for c in &self.cells {
             if let Some(pid) = c.agent.id().and_then(|p| i32::try_from(p).ok()) {
                 let _ = nix::sys::signal::kill(
@@ -229,5 +255,54 @@ impl LocalFleet {
                 let _ = c.agent.kill().await;
             }
         }
+    }
+}
+
+/// The `local` cell provider: new cells are directories of this machine's local fleet, with an
+/// agent started by it (`cellfleet up`).
+#[derive(Debug)]
+pub struct LocalProvider {
+    registry: Registry,
+    fleet: tokio::sync::Mutex<LocalFleet>,
+}
+
+impl LocalProvider {
+    pub fn new(registry: Registry, fleet: LocalFleet) -> LocalProvider {
+        LocalProvider {
+            registry,
+            fleet: tokio::sync::Mutex::new(fleet),
+        }
+    }
+
+    /// Cells whose agent runs here.
+    pub async fn running_cells(&self) -> usize {
+        self.fleet.lock().await.len()
+    }
+
+    pub async fn stop(&self) {
+        self.fleet.lock().await.stop().await;
+    }
+}
+
+impl crate::provider::CellProvider for LocalProvider {
+    fn name(&self) -> &str {
+        "local"
+    }
+
+    /// A free port of 127.0.0.1 (the workload binds it when it starts).
+    fn endpoint_for(&self, _cell: &CellName) -> anyhow::Result<String> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .context("cannot find a free port for the new cell")?;
+        Ok(format!("http://{}", listener.local_addr()?))
+    }
+
+    fn provision<'a>(
+        &'a self,
+        cell: &'a CellName,
+    ) -> crate::provider::BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let mut fleet = self.fleet.lock().await;
+            fleet.start_cell(&self.registry, cell).await
+        })
     }
 }

@@ -32,6 +32,10 @@ pub struct MoveSpec {
     pub to: String,
     pub max_write_pause_ms: u64,
     pub rollback_window_secs: u64,
+    /// The move provisioned its target cell (`--to dedicated` with none free): it waits for the
+    /// cell to serve first, and marks it for retirement if the tenant does not stay there.
+    #[serde(default)]
+    pub provisioned: bool,
 }
 
 /// The steps of a rollback (the cut-over in reverse).
@@ -67,7 +71,16 @@ pub struct MoveState {
     pub rollback_step: Option<RollbackStep>,
     /// Where the move ends when its cleanup is done: `failed` instead of `aborted`.
     pub failing: bool,
+    /// Why the move is being aborted or failed (kept as the note once it ends).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// A provisioned target cell came up (before that, an abort has no copy to drop there).
+    #[serde(default)]
+    pub target_ready: bool,
     pub rows_total: Option<u64>,
+    /// The forward stream's figures when the move ended (its live data is gone by then).
+    #[serde(default)]
+    pub final_stream: Option<StreamState>,
 }
 
 /// A stream's positions (one per direction), kept by the control plane.
@@ -95,8 +108,11 @@ pub struct StreamState {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VerifyOutcome {
-    /// The full-checksum round, or 0 for the changed-rows check after a fence.
+    /// The checksum round (the cut-over attempt) it answers.
     pub round: u32,
+    /// The changed-rows check after a fence (else a full round).
+    #[serde(default)]
+    pub fence: bool,
     pub change_seq: i64,
     pub mismatches: Vec<String>,
 }
@@ -108,6 +124,10 @@ pub struct CellFacts {
     pub observed_generation: Option<i64>,
     /// The generation of the tenant set its workload acknowledged.
     pub tenants_generation: Option<i64>,
+    /// Its workload runs the cell's desired release.
+    pub serving: bool,
+    /// The newest migration applied to its database.
+    pub migration: Option<i64>,
 }
 
 impl CellFacts {
@@ -159,7 +179,7 @@ pub struct MoveSettings {
 impl Default for MoveSettings {
     fn default() -> Self {
         MoveSettings {
-            router_gone_after_ms: 120_000,
+            router_gone_after_ms: 60_000,
             ack_timeout_ms: 10_000,
             max_attempts: 5,
             pause_overhead_ms: 250,
@@ -175,11 +195,16 @@ pub enum Effect {
     PlaceOnTarget,
     /// The placement moves back to the source (a rollback).
     PlaceOnSource,
-    /// The move is over: its data in flight is forgotten.
+    /// The move is over: its data in flight is forgotten (and a dedicated cell it emptied is
+    /// marked for retirement).
     Finish,
+    /// The provisioned target cell serves: it becomes `ready`.
+    TargetReady,
 }
 
 /// The next step of a move.
+// One decision per step, consumed at once: boxing the state would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     /// Nothing to do now; `note` (if any) says what it waits for and is stored when it changed.
@@ -316,6 +341,12 @@ fn step(
     }
 }
 
+/// Stops the move: the target drops its copy; the note at this moment is kept as the reason.
+fn to_aborting(mut state: MoveState, why: impl Into<String>) -> Decision {
+    state.reason = state.note.clone();
+    step(MovePhase::Aborting, state, None, why)
+}
+
 /// Routers that must acknowledge a freeze: seen within `router_gone_after`, and not yet at
 /// `version`.
 fn lagging_routers(obs: &Observed, settings: &MoveSettings, version: i64) -> Vec<String> {
@@ -365,7 +396,7 @@ fn lift_cutover(
             spec.source
         ));
         state.failing = true;
-        return step(MovePhase::Aborting, state, None, outcome);
+        return to_aborting(state, outcome);
     }
     state.note = Some(format!(
         "{outcome}; the route stays on {} and the move tries again",
@@ -399,10 +430,35 @@ pub fn next_step(
         next.note = Some(format!("aborted: {reason}"));
         next.freeze_started_ms = None;
         next.fence_ordered_ms = None;
-        return step(Aborting, next, None, format!("abort: {reason}"));
+        return to_aborting(next, format!("abort: {reason}"));
     }
     match phase {
-        PreparingTarget => note("waiting for the target cell"),
+        PreparingTarget => {
+            let t = &obs.target_cell;
+            if t.converged()
+                && t.serving
+                && t.migration.is_some()
+                && t.migration == obs.source_cell.migration
+            {
+                next.target_ready = true;
+                next.note = None;
+                step(
+                    Capturing,
+                    next,
+                    Some(Effect::TargetReady),
+                    format!("{} is provisioned and serves", spec.target),
+                )
+            } else {
+                note(format!(
+                    "provisioning {}: waiting for its agent to converge and its workload to serve (migration V{} of V{})",
+                    spec.target,
+                    t.migration.map_or("-".into(), |m| m.to_string()),
+                    obs.source_cell
+                        .migration
+                        .map_or("-".into(), |m| m.to_string())
+                ))
+            }
+        }
         Capturing => {
             if !obs.source.unmovable.is_empty() {
                 next.note = Some(format!(
@@ -410,7 +466,7 @@ pub fn next_step(
                     obs.source.unmovable.join("; ")
                 ));
                 next.failing = true;
-                return step(Aborting, next, None, "unmovable tables");
+                return to_aborting(next, "unmovable tables");
             }
             match (obs.source.capturing_from, obs.target.guarded) {
                 (Some(_), true) => {
@@ -444,16 +500,18 @@ pub fn next_step(
         }
         CatchingUp => {
             match &obs.fwd.verify {
-                Some(v) if v.round == state.verify_round && !v.mismatches.is_empty() => {
+                Some(v)
+                    if v.round == state.verify_round && !v.fence && !v.mismatches.is_empty() =>
+                {
                     next.note = Some(format!(
                         "verification failed: {}; the tenant stays on {}",
                         v.mismatches.join("; "),
                         spec.source
                     ));
                     next.failing = true;
-                    return step(Aborting, next, None, "verification failed");
+                    return to_aborting(next, "verification failed");
                 }
-                Some(v) if v.round == state.verify_round => {
+                Some(v) if v.round == state.verify_round && !v.fence => {
                     next.verified_upto = v.change_seq;
                 }
                 _ => {
@@ -523,7 +581,8 @@ pub fn next_step(
         Fenced => {
             let since = obs.now_ms - state.fence_ordered_ms.unwrap_or(obs.now_ms);
             if let Some(v) = &obs.fwd.verify
-                && v.round == 0
+                && v.fence
+                && v.round == state.verify_round
                 && obs.source.fenced_at.is_some_and(|s| v.change_seq >= s)
                 && !v.mismatches.is_empty()
             {
@@ -537,12 +596,15 @@ pub fn next_step(
                     last.outcome = "verification failed".into();
                     last.pause_ms = u64::try_from(since).ok();
                 }
-                return step(Aborting, next, None, "verification failed");
+                return to_aborting(next, "verification failed");
             }
             let drained = obs.source.fenced_at.is_some_and(|s| {
                 obs.fwd.change_seq_applied >= s
                     && obs.fwd.verify.as_ref().is_some_and(|v| {
-                        v.round == 0 && v.change_seq >= s && v.mismatches.is_empty()
+                        v.fence
+                            && v.round == state.verify_round
+                            && v.change_seq >= s
+                            && v.mismatches.is_empty()
                     })
             });
             if drained {
@@ -627,6 +689,7 @@ pub fn next_step(
         RollingBack => rollback_step(spec, next, obs, settings),
         Cleaning => {
             if obs.source.cleaned && obs.target.capturing_from.is_none() {
+                next.note = None;
                 step(Done, next, Some(Effect::Finish), "source cleaned")
             } else {
                 note(format!(
@@ -636,14 +699,18 @@ pub fn next_step(
             }
         }
         Aborting => {
-            if obs.target.cleaned && obs.source.capturing_from.is_none() && !obs.source.guarded {
+            // A provisioned target that never came up holds no copy.
+            let target_clean = obs.target.cleaned || (spec.provisioned && !state.target_ready);
+            if target_clean && obs.source.capturing_from.is_none() && !obs.source.guarded {
                 let end = if state.failing { Failed } else { Aborted };
+                next.note = state.reason.clone();
                 step(end, next, Some(Effect::Finish), "target cleaned")
             } else {
-                note(format!(
-                    "waiting for {} to drop its partial copy",
-                    spec.target
-                ))
+                let waiting = format!("waiting for {} to drop its partial copy", spec.target);
+                note(match &state.reason {
+                    Some(why) => format!("{why}; {waiting}"),
+                    None => waiting,
+                })
             }
         }
         Done | Aborted | RolledBack | Failed => Decision::Wait(None),
@@ -681,7 +748,8 @@ fn rollback_step(
         }
         Some(RollbackStep::Fence) => {
             if let Some(v) = &obs.rev.verify
-                && v.round == 0
+                && v.fence
+                && v.round == next.verify_round
                 && obs.target.fenced_at.is_some_and(|s| v.change_seq >= s)
                 && !v.mismatches.is_empty()
             {
@@ -699,7 +767,10 @@ fn rollback_step(
             let drained = obs.target.fenced_at.is_some_and(|s| {
                 obs.rev.change_seq_applied >= s
                     && obs.rev.verify.as_ref().is_some_and(|v| {
-                        v.round == 0 && v.change_seq >= s && v.mismatches.is_empty()
+                        v.fence
+                            && v.round == next.verify_round
+                            && v.change_seq >= s
+                            && v.mismatches.is_empty()
                     })
             });
             if drained {
@@ -731,6 +802,7 @@ fn rollback_step(
         }
         Some(RollbackStep::Clean) => {
             if obs.target.cleaned {
+                next.note = None;
                 step(RolledBack, next, Some(Effect::Finish), "target cleaned")
             } else {
                 note(format!(

@@ -12,6 +12,7 @@ fn spec() -> MoveSpec {
         to: "cell-b".into(),
         max_write_pause_ms: 2000,
         rollback_window_secs: 60,
+        provisioned: false,
     }
 }
 
@@ -46,6 +47,7 @@ fn caught_up(now_ms: i64) -> Observed {
             change_seq_applied: 50,
             verify: Some(VerifyOutcome {
                 round: 1,
+                fence: false,
                 change_seq: 50,
                 mismatches: Vec::new(),
             }),
@@ -113,8 +115,22 @@ fn the_flip_waits_for_the_drain_and_the_changed_rows_check() {
     ));
     // All applied and the changed rows match: flip, with the placement in the same step.
     obs.fwd.change_seq_applied = 60;
+    // A full round, or the changed-rows check of an earlier attempt, is not this fence's check.
+    for (round, fence) in [(1, false), (0, true)] {
+        obs.fwd.verify = Some(VerifyOutcome {
+            round,
+            fence,
+            change_seq: 60,
+            mismatches: Vec::new(),
+        });
+        assert!(matches!(
+            next_step(&spec(), MovePhase::Fenced, &state, &obs, &settings()),
+            Decision::Wait(_)
+        ));
+    }
     obs.fwd.verify = Some(VerifyOutcome {
-        round: 0,
+        round: 1,
+        fence: true,
         change_seq: 60,
         mismatches: Vec::new(),
     });
@@ -206,6 +222,7 @@ fn a_checksum_mismatch_or_unmovable_tables_abort_and_fail() {
     let mut obs = caught_up(1_000);
     obs.fwd.verify = Some(VerifyOutcome {
         round: 1,
+        fence: false,
         change_seq: 50,
         mismatches: vec!["notes: 10 rows (sum 1) here, 9 rows (sum 2) there".into()],
     });

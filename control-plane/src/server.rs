@@ -31,6 +31,8 @@ pub struct ServerConfig {
     pub audit_checkpoint_log: Option<PathBuf>,
     /// How often the audit chain's head is checkpointed (when it moved).
     pub audit_checkpoint_every: Duration,
+    /// Tunables of the move driver (router timeouts, cut-over attempts).
+    pub move_settings: crate::moves::MoveSettings,
 }
 
 /// Default interval of audit checkpoints: records newer than this are not yet anchored.
@@ -116,6 +118,7 @@ impl Server {
         let addr = listener.local_addr()?;
         let mut state = AppState::new(registry.clone());
         state.max_body_bytes = config.max_body_bytes;
+        state.move_settings = config.move_settings;
         Ok(Server {
             addr,
             registry,

@@ -216,3 +216,44 @@ impl Drop for EnvoyProcess {
         terminate(&mut self.child, Duration::from_secs(10));
     }
 }
+
+/// The shipped `examples/nginx/cellfleet.conf`, used as is but for the router's address and where
+/// the router's upstreams file lives.
+pub fn shipped_nginx_config(router: &str, upstreams: &Path) -> String {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/nginx/cellfleet.conf");
+    let text =
+        std::fs::read_to_string(&example).unwrap_or_else(|e| panic!("{}: {e}", example.display()));
+    let changed = text
+        .replace(
+            "server 127.0.0.1:7480;",
+            &format!("server {};", router.trim_start_matches("http://")),
+        )
+        .replace(
+            "/var/lib/cellfleet-router/nginx/upstreams*.conf",
+            &format!("{}/upstreams*.conf", upstreams.display()),
+        );
+    assert_ne!(text, changed);
+    changed
+}
+
+/// The shipped `examples/envoy/envoy.yaml` with the router's port and one cluster per cell
+/// `(name, endpoint, _)`.
+pub fn shipped_envoy_config(router: &str, cells: &[(String, String, u32)]) -> String {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/envoy/envoy.yaml");
+    let text =
+        std::fs::read_to_string(&example).unwrap_or_else(|e| panic!("{}: {e}", example.display()));
+    let router_port = router.rsplit(':').next().unwrap_or_default();
+    let (head, _) = text
+        .split_once("  # One cluster per cell")
+        .unwrap_or_else(|| panic!("the example declares its cell clusters last"));
+    let mut config = head
+        .replace("127.0.0.1:7480", &format!("127.0.0.1:{router_port}"))
+        .replace("port_value: 7480", &format!("port_value: {router_port}"));
+    for (cell, endpoint, _) in cells {
+        let port = endpoint.rsplit(':').next().unwrap_or_default();
+        config.push_str(&format!(
+            "  - name: {cell}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {cell}\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}\n"
+        ));
+    }
+    config
+}

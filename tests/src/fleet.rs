@@ -1,14 +1,189 @@
-//! A small real fleet for end-to-end tests: `cellfleet serve` on a throwaway registry, pooled
-//! cells in one region (`eu-west-1`) at free ports, the example workload's migrations and release
-//! 1.0.0, and a real `cell-agent` per cell running the workload.
+//! A small real fleet for end-to-end tests: `cellfleet serve` on a throwaway registry, cells in
+//! one region (`eu-west-1`) at free ports (pooled, or dedicated when asked), the example
+//! workload's migrations and release 1.0.0, and a real `cell-agent` per cell running the
+//! workload, on a SQLite cell database in its directory or (asked) a PostgreSQL database of its
+//! own with the workload connecting as a role under row-level security.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::{
     AgentProcess, Db, Run, ServerProcess, TestDb, agent_token_file, cli, eventually, free_port,
-    header_of, http_get, http_request, wait_converged, workspace_bin,
+    header_of, http_get, http_request, postgres_admin_url, random_suffix, wait_converged,
+    workspace_bin,
 };
+
+/// How a [`LocalFleet`] differs from the default.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FleetOptions<'a> {
+    /// Cells (of those asked for) that are dedicated rather than pooled.
+    pub dedicated: &'a [&'a str],
+    /// Extra `cellfleet serve` arguments.
+    pub serve_args: &'a [&'a str],
+    /// Each cell on a PostgreSQL database of its own (the workload as a role under RLS).
+    pub postgres_cells: bool,
+}
+
+/// A cell's database, as the test sees it (to look behind the workload's back).
+#[derive(Debug)]
+pub enum CellDb {
+    Sqlite(PathBuf),
+    /// Database `name` on the test server; the workload connects as role `role`. Dropped with
+    /// the value.
+    Postgres {
+        name: String,
+        role: String,
+    },
+}
+
+impl CellDb {
+    /// A database and a workload role (LOGIN, no superuser, no BYPASSRLS) with read/write on
+    /// what the agent's migrations create, like the `local` provider makes.
+    pub async fn postgres(cell: &str) -> CellDb {
+        use sqlx::{Connection, Executor};
+        let name = format!("cf_tcell_{}_{}", cell.replace('-', "_"), random_suffix());
+        let role = format!("{name}_app");
+        let admin = postgres_admin_url();
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL is required ({admin}): {e}"));
+        for sql in [
+            format!("CREATE DATABASE {name}"),
+            format!("CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS"),
+        ] {
+            conn.execute(sqlx::AssertSqlSafe(sql))
+                .await
+                .expect("cell database");
+        }
+        let db = CellDb::Postgres { name, role };
+        let mut cell_conn = sqlx::PgConnection::connect(&db.url(false))
+            .await
+            .expect("cell database connection");
+        for sql in [
+            format!("GRANT USAGE ON SCHEMA public TO {}", db.role()),
+            format!(
+                "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {}",
+                db.role()
+            ),
+        ] {
+            cell_conn
+                .execute(sqlx::AssertSqlSafe(sql))
+                .await
+                .expect("grant");
+        }
+        db
+    }
+
+    fn role(&self) -> &str {
+        match self {
+            CellDb::Postgres { role, .. } => role,
+            CellDb::Sqlite(_) => "",
+        }
+    }
+
+    /// The URL the agent (`workload: false`) or the workload uses.
+    pub fn url(&self, workload: bool) -> String {
+        match self {
+            CellDb::Sqlite(path) => format!("sqlite://{}", path.display()),
+            CellDb::Postgres { name, role } => {
+                let mut url = reqwest::Url::parse(&postgres_admin_url()).expect("postgres url");
+                url.set_path(name);
+                if workload {
+                    let _ = url.set_username(role);
+                    let _ = url.set_password(None);
+                }
+                url.to_string()
+            }
+        }
+    }
+
+    /// The agent's environment for this database.
+    pub fn agent_env(&self) -> Vec<(&'static str, String)> {
+        match self {
+            CellDb::Sqlite(_) => Vec::new(),
+            CellDb::Postgres { .. } => vec![
+                ("CELL_AGENT_DATABASE_URL", self.url(false)),
+                ("CELL_AGENT_WORKLOAD_DATABASE_URL", self.url(true)),
+            ],
+        }
+    }
+
+    /// A connection as the agent (owner: sees every row).
+    pub async fn connect(&self) -> sqlx::AnyConnection {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        sqlx::AnyConnection::connect(&self.url(false))
+            .await
+            .expect("cell database connection")
+    }
+
+    /// The ids of `tenant`'s notes in this cell (owner's view, RLS aside), sorted.
+    pub async fn note_ids(&self, tenant: &str) -> Vec<i64> {
+        let mut conn = self.connect().await;
+        let mut ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM notes WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap_or_default();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Names of the move machinery left in this cell: capture/guard triggers, captured changes.
+    pub async fn move_leftovers(&self) -> Vec<String> {
+        let mut conn = self.connect().await;
+        let triggers: Vec<String> = match self {
+            CellDb::Sqlite(_) => sqlx::query_scalar(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'cellfleet_%'",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .unwrap_or_default(),
+            CellDb::Postgres { .. } => sqlx::query_scalar(
+                "SELECT tgname::text FROM pg_trigger WHERE NOT tgisinternal AND tgname LIKE 'cellfleet_%'",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .unwrap_or_default(),
+        };
+        let changes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM cellfleet_changes")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or(0);
+        let mut out = triggers;
+        if changes > 0 {
+            out.push(format!("{changes} captured changes"));
+        }
+        out
+    }
+}
+
+impl Drop for CellDb {
+    fn drop(&mut self) {
+        if let CellDb::Postgres { name, role } = self {
+            let (name, role) = (name.clone(), role.clone());
+            let admin = postgres_admin_url();
+            let _ = std::thread::spawn(move || {
+                use sqlx::{Connection, Executor};
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                rt.block_on(async move {
+                    let mut conn = sqlx::PgConnection::connect(&admin).await.ok()?;
+                    for sql in [
+                        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                        format!("DROP ROLE IF EXISTS {role}"),
+                    ] {
+                        let _ = conn.execute(sqlx::AssertSqlSafe(sql)).await;
+                    }
+                    Some(())
+                })
+            })
+            .join();
+        }
+    }
+}
 
 /// The control plane and its cells; everything stops when it is dropped.
 #[derive(Debug)]
@@ -17,7 +192,12 @@ pub struct LocalFleet {
     pub admin: PathBuf,
     /// `(cell, endpoint, capacity)` in the order they were asked for.
     pub cells: Vec<(String, String, u32)>,
-    pub agents: Vec<AgentProcess>,
+    /// The cells (of `cells`) that are dedicated.
+    pub dedicated: Vec<String>,
+    /// Each cell's agent (in the order of `cells`; `None` while a test has it stopped).
+    pub agents: Vec<Option<AgentProcess>>,
+    /// Each cell's database (in the order of `cells`; after the agents, which stop first).
+    pub cell_dbs: Vec<CellDb>,
     /// Last, so the processes above stop before their files go.
     pub db: TestDb,
 }
@@ -36,8 +216,29 @@ impl LocalFleet {
 
     /// [`LocalFleet::start`] with each cell's port given: `(name, capacity, port)`.
     pub async fn start_on(cells: &[(&str, u32, u16)]) -> LocalFleet {
+        Self::start_with(cells, &FleetOptions::default()).await
+    }
+
+    /// [`LocalFleet::start`] with options (dedicated cells, server arguments, PostgreSQL cells).
+    pub async fn start_opts(cells: &[(&str, u32)], options: &FleetOptions<'_>) -> LocalFleet {
+        let cells: Vec<(&str, u32, u16)> = cells
+            .iter()
+            .map(|(name, capacity)| (*name, *capacity, free_port()))
+            .collect();
+        Self::start_with(&cells, options).await
+    }
+
+    async fn start_with(cells: &[(&str, u32, u16)], options: &FleetOptions<'_>) -> LocalFleet {
         let db = TestDb::new(Db::Sqlite).await;
-        let (server, admin) = ServerProcess::serve(&db, &[]);
+        let (server, admin) = ServerProcess::serve(&db, options.serve_args);
+        let mut cell_dbs = Vec::new();
+        for (name, _, _) in cells {
+            cell_dbs.push(if options.postgres_cells {
+                CellDb::postgres(name).await
+            } else {
+                CellDb::Sqlite(db.dir.path().join(name).join("cell.db"))
+            });
+        }
         let mut fleet = LocalFleet {
             server,
             admin,
@@ -51,6 +252,8 @@ impl LocalFleet {
                     )
                 })
                 .collect(),
+            dedicated: options.dedicated.iter().map(|d| (*d).to_owned()).collect(),
+            cell_dbs,
             agents: Vec::new(),
             db,
         };
@@ -69,15 +272,9 @@ impl LocalFleet {
         );
         fleet.run(&["release", "create", "-f", &release]).ok();
         fleet.run(&["release", "deploy", "1.0.0"]).ok();
-        let dir = fleet.dir().to_owned();
-        for (cell, _, _) in &fleet.cells {
-            let token = agent_token_file(&fleet.server.url, &fleet.admin, cell, &dir);
-            fleet.agents.push(AgentProcess::start(
-                &fleet.server.url,
-                &token,
-                cell,
-                &dir.join(cell),
-            ));
+        for i in 0..fleet.cells.len() {
+            let agent = fleet.start_agent(i);
+            fleet.agents.push(Some(agent));
         }
         for (cell, endpoint, _) in &fleet.cells {
             eventually(Duration::from_secs(60), &format!("{cell} serves"), || {
@@ -89,6 +286,34 @@ impl LocalFleet {
 
     pub fn url(&self) -> &str {
         &self.server.url
+    }
+
+    /// Starts the agent of the `i`-th cell (its token made on first start, then kept).
+    pub fn start_agent(&self, i: usize) -> AgentProcess {
+        let (cell, _, _) = &self.cells[i];
+        let dir = self.dir().to_owned();
+        let token = dir.join(format!("{cell}.token"));
+        let token = if token.exists() {
+            token
+        } else {
+            agent_token_file(&self.server.url, &self.admin, cell, &dir)
+        };
+        let env = self.cell_dbs[i].agent_env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        AgentProcess::start_with_env(&self.server.url, &token, cell, &dir.join(cell), &env)
+    }
+
+    /// The index of `cell` in `cells`.
+    pub fn index_of(&self, cell: &str) -> usize {
+        self.cells
+            .iter()
+            .position(|(c, _, _)| c == cell)
+            .unwrap_or_else(|| panic!("no cell {cell} in this fleet"))
+    }
+
+    /// The endpoint of `cell`.
+    pub fn endpoint_of(&self, cell: &str) -> String {
+        self.cells[self.index_of(cell)].1.clone()
     }
 
     pub fn dir(&self) -> &Path {
@@ -111,8 +336,13 @@ impl LocalFleet {
     pub fn apply_cells(&self) {
         let mut yaml = "apiVersion: cellfleet.io/v1\nkind: Region\nmetadata: {name: eu-west-1}\nspec: {jurisdiction: eu, location: {lat: 53.35, lon: -6.26}}\n".to_owned();
         for (cell, endpoint, capacity) in &self.cells {
+            let kind = if self.dedicated.contains(cell) {
+                "dedicated"
+            } else {
+                "pooled"
+            };
             yaml.push_str(&format!(
-                "---\napiVersion: cellfleet.io/v1\nkind: Cell\nmetadata: {{name: {cell}}}\nspec: {{region: eu-west-1, kind: pooled, env: prod, capacity: {capacity}, endpoint: \"{endpoint}\"}}\n"
+                "---\napiVersion: cellfleet.io/v1\nkind: Cell\nmetadata: {{name: {cell}}}\nspec: {{region: eu-west-1, kind: {kind}, env: prod, capacity: {capacity}, endpoint: \"{endpoint}\"}}\n"
             ));
         }
         let file = self.write("fleet.yaml", &yaml);

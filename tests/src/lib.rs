@@ -14,9 +14,17 @@ use sqlx::{Connection, Executor};
 
 mod edge;
 mod fleet;
-pub use edge::{EnvoyProcess, NginxProcess, envoy_bin, nginx_bin};
+mod moves;
+pub use edge::{
+    EnvoyProcess, NginxProcess, envoy_bin, nginx_bin, shipped_envoy_config, shipped_nginx_config,
+};
 pub use fleet::{
-    EdgeAnswer, LocalFleet, quota_enforced, router_health, start_router, through_edge,
+    CellDb, EdgeAnswer, FleetOptions, LocalFleet, quota_enforced, router_health, start_router,
+    through_edge,
+};
+pub use moves::{
+    DualServeProbe, Forwarder, Writer, Written, assert_every_write_landed_once, wait_no_rows,
+    wait_router_live,
 };
 
 /// Which registry backend a test runs on.
@@ -104,7 +112,7 @@ impl Drop for TestDb {
     }
 }
 
-fn random_suffix() -> String {
+pub(crate) fn random_suffix() -> String {
     let mut bytes = [0u8; 8];
     rand::fill(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -434,6 +442,17 @@ impl AgentProcess {
         data_dir: &Path,
         env: &[(&str, &str)],
     ) -> AgentProcess {
+        // Its log stays in its directory (for a failing test's message).
+        let _ = std::fs::create_dir_all(data_dir);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("agent.log"))
+            .ok();
+        let (out, err) = match log.and_then(|l| Some((l.try_clone().ok()?, l))) {
+            Some((a, b)) => (Stdio::from(a), Stdio::from(b)),
+            None => (Stdio::null(), Stdio::null()),
+        };
         let child = Command::new(cell_agent_bin())
             .envs(env.iter().copied())
             .args([
@@ -448,8 +467,8 @@ impl AgentProcess {
             .arg(token_file)
             .arg("--data-dir")
             .arg(data_dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .expect("start cell-agent");
         AgentProcess { child }

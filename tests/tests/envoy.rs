@@ -3,34 +3,12 @@
 //! their agents. Tenants reach their cells (`/` included), unknown tenants and suspended ones are
 //! refused, a client's own `x-cellfleet-cell` cannot choose the cell, and quotas answer 429.
 
-use std::path::Path;
 use std::time::Duration;
 
 use cellfleet_e2e::{
     EdgeAnswer, EnvoyProcess, LocalFleet, eventually, free_port, quota_enforced, router_health,
-    start_router, through_edge,
+    shipped_envoy_config, start_router, through_edge,
 };
-
-/// The shipped example with this test's ports and one cluster per cell.
-fn envoy_config(router: &str, cells: &[(String, String, u32)]) -> String {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/envoy/envoy.yaml");
-    let text =
-        std::fs::read_to_string(&example).unwrap_or_else(|e| panic!("{}: {e}", example.display()));
-    let router_port = router.rsplit(':').next().unwrap_or_default();
-    let (head, _) = text
-        .split_once("  # One cluster per cell")
-        .unwrap_or_else(|| panic!("the example declares its cell clusters last"));
-    let mut config = head
-        .replace("127.0.0.1:7480", &format!("127.0.0.1:{router_port}"))
-        .replace("port_value: 7480", &format!("port_value: {router_port}"));
-    for (cell, endpoint, _) in cells {
-        let port = endpoint.rsplit(':').next().unwrap_or_default();
-        config.push_str(&format!(
-            "  - name: {cell}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {cell}\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}\n"
-        ));
-    }
-    config
-}
 
 fn through(edge: &str, method: &str, path: &str, tenant: Option<&str>) -> EdgeAnswer {
     through_edge(edge, method, path, tenant, &[])
@@ -55,7 +33,7 @@ async fn envoy_routes_every_tenant_to_its_cell_through_the_router() {
     eventually(Duration::from_secs(30), "the router syncs", || {
         router_health(&router.url)["status"] == "ok"
     });
-    let envoy = EnvoyProcess::start(&envoy_config(&router.url, &fleet.cells));
+    let envoy = EnvoyProcess::start(&shipped_envoy_config(&router.url, &fleet.cells));
     let edge = envoy.url.clone();
 
     // Each tenant reaches its own cell, writes included — and so does a request for `/` (the

@@ -4,32 +4,12 @@
 //! touching nginx, and the router keeps routing with the control plane stopped — also after its
 //! own restart.
 
-use std::path::Path;
 use std::time::Duration;
 
 use cellfleet_e2e::{
     EdgeAnswer, LocalFleet, NginxProcess, eventually, free_port, quota_enforced, router_health,
-    start_router, through_edge,
+    shipped_nginx_config, start_router, through_edge,
 };
-
-/// The shipped example, used as is (the test only changes the ports and where the router's
-/// upstreams file lives).
-fn nginx_config(router: &str, upstreams: &Path) -> String {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/nginx/cellfleet.conf");
-    let text =
-        std::fs::read_to_string(&example).unwrap_or_else(|e| panic!("{}: {e}", example.display()));
-    let changed = text
-        .replace(
-            "server 127.0.0.1:7480;",
-            &format!("server {};", router.trim_start_matches("http://")),
-        )
-        .replace(
-            "/var/lib/cellfleet-router/nginx/upstreams*.conf",
-            &format!("{}/upstreams*.conf", upstreams.display()),
-        );
-    assert_ne!(text, changed);
-    changed
-}
 
 /// TCP connections a cell's workload accepted so far (from its metrics).
 fn accepted(endpoint: &str) -> u64 {
@@ -77,7 +57,7 @@ async fn nginx_routes_every_tenant_to_its_cell_through_the_router() {
     let nginx_pid_file = nginx_dir.path().join("nginx.pid");
     let nginx = NginxProcess::start_in(
         nginx_dir,
-        &nginx_config(&format!("http://{router_addr}"), &upstreams),
+        &shipped_nginx_config(&format!("http://{router_addr}"), &upstreams),
     );
     let nginx_pid = nginx.pid();
     let edge = nginx.url.clone();

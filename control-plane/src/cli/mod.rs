@@ -132,6 +132,21 @@ pub struct ServeArgs {
     /// How often the audit chain is checkpointed.
     #[arg(long, env = "CELLFLEET_AUDIT_CHECKPOINT_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub audit_checkpoint_interval: Duration,
+    /// A router not seen on its watch for this long is gone: a move's cut-over does not wait for
+    /// it (`cellfleet router list` shows it as gone).
+    #[arg(long, env = "CELLFLEET_ROUTER_GONE_AFTER", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub router_gone_after: Duration,
+    /// How long a cut-over waits for every live router to hold the frozen tenant before it gives
+    /// the attempt up (the route stays on the source; the move tries again).
+    #[arg(long, env = "CELLFLEET_ROUTER_ACK_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub router_ack_timeout: Duration,
+    /// Cut-over attempts a move makes before it stops (aborted, the tenant where it was).
+    #[arg(long, env = "CELLFLEET_CUTOVER_ATTEMPTS", default_value_t = 5)]
+    pub cutover_attempts: usize,
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[derive(Debug, Args)]
@@ -331,6 +346,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         audit_key_file: args.audit_key_file,
         audit_checkpoint_log: args.audit_checkpoint_log,
         audit_checkpoint_every: args.audit_checkpoint_interval,
+        move_settings: crate::moves::MoveSettings {
+            router_gone_after_ms: millis(args.router_gone_after),
+            ack_timeout_ms: millis(args.router_ack_timeout),
+            max_attempts: args.cutover_attempts.max(1),
+            ..Default::default()
+        },
     })
     .await?;
     if server.audit_key_created {

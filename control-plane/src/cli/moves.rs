@@ -244,7 +244,9 @@ fn status(m: &MoveView) -> String {
 /// Exits 0 when it is done, 1 when it failed, was aborted or was rolled back.
 async fn watch(client: &Client, format: Format, id: &str) -> anyhow::Result<i32> {
     use indicatif::{ProgressBar, ProgressStyle};
-    let bars = (format == Format::Table).then(|| {
+    // Bars on a terminal; elsewhere (a log, a pipe) a line per phase or note change.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bars = (format == Format::Table && tty).then(|| {
         let multi = indicatif::MultiProgress::new();
         let copy = multi.add(ProgressBar::new(0));
         copy.set_style(
@@ -285,7 +287,30 @@ async fn watch(client: &Client, format: Format, id: &str) -> anyhow::Result<i32>
                             .unwrap_or_default()
                     ));
                 }
-                None => println!("{}", serde_json::to_string(&m)?),
+                None if format == Format::Json => println!("{}", serde_json::to_string(&m)?),
+                None => {
+                    let changed = last.as_ref().is_none_or(|l| {
+                        l.phase != m.phase || l.note != m.note || l.cutovers != m.cutovers
+                    });
+                    if changed {
+                        let p = &m.progress;
+                        println!(
+                            "{} {:<16} {} of {} rows, lag {}{}{}",
+                            chrono::Utc::now().format("%H:%M:%S"),
+                            m.phase.to_string(),
+                            p.rows_copied,
+                            p.rows_total.map_or("?".into(), |t| t.to_string()),
+                            p.lag_changes,
+                            last_pause(&m)
+                                .map(|p| format!(", last write pause {p} ms"))
+                                .unwrap_or_default(),
+                            m.note
+                                .as_ref()
+                                .map(|n| format!(" — {n}"))
+                                .unwrap_or_default()
+                        );
+                    }
+                }
             }
         }
         if m.phase.is_terminal() {

@@ -135,6 +135,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         audit_key_file: Some(dir.join("audit.key")),
         audit_checkpoint_log: Some(dir.join("audit-checkpoints.jsonl")),
         audit_checkpoint_every: crate::server::AUDIT_CHECKPOINT_EVERY,
+        move_settings: Default::default(),
     })
     .await?;
     let registry = server.registry.clone();
@@ -211,6 +212,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    // The same fleet makes the cells moves ask for (`move start … --to dedicated`).
+    let fleet = std::sync::Arc::new(crate::local::LocalProvider::new(registry.clone(), fleet));
+    registry.set_provider(fleet.clone());
     // Up means serving: every cell's own workload answers at the deployed release. Anything
     // else is a failure with the cells' reasons, not a banner.
     if let Err(e) = wait_until_serving(&registry, &dir, args.ready_timeout).await {
@@ -230,7 +234,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     );
     println!(
         "  {} cells serving locally: agents, databases and logs in {}/cells/",
-        fleet.len(),
+        fleet.running_cells().await,
         dir.display()
     );
     println!();

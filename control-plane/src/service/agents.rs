@@ -78,7 +78,8 @@ async fn desired_of(
 
 impl Registry {
     /// Commits a mutation: first re-derives the desired-state generation of every cell it
-    /// touched (see the module docs), then commits, then wakes waiting agents if anything moved.
+    /// touched (see the module docs) and the routes it serves, then commits, then wakes waiting
+    /// agents and routers if anything moved.
     pub(super) async fn commit(&self, mut tx: Tx) -> Result<()> {
         let mut moved = false;
         let touched = tx.take_touched();
@@ -115,7 +116,8 @@ impl Registry {
             store::set_routing_version(tx.conn(), v).await?;
         }
         tx.commit(super::Refreshed(())).await?;
-        if moved {
+        // Agents wait for generations, routers for routing versions: wake both.
+        if moved || routing_version.is_some() {
             self.changes.send_modify(|v| *v = v.wrapping_add(1));
         }
         Ok(())

@@ -127,6 +127,9 @@ pub struct Registry {
     audit_key: Option<std::sync::Arc<crate::audit_key::AuditKey>>,
     /// Wakes the operations driver (something an operation waits for changed).
     operations: std::sync::Arc<tokio::sync::Notify>,
+    /// Makes new cells (set once, by whoever runs the cells: `cellfleet up`).
+    provider:
+        std::sync::Arc<std::sync::OnceLock<std::sync::Arc<dyn crate::provider::CellProvider>>>,
 }
 
 impl Registry {
@@ -137,7 +140,18 @@ impl Registry {
             changes: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
             audit_key: None,
             operations: std::sync::Arc::new(tokio::sync::Notify::new()),
+            provider: std::sync::Arc::default(),
         }
+    }
+
+    /// Gives the registry a cell provider (once; later calls change nothing).
+    pub fn set_provider(&self, provider: std::sync::Arc<dyn crate::provider::CellProvider>) {
+        let _ = self.provider.set(provider);
+        self.operations_changed();
+    }
+
+    pub fn provider(&self) -> Option<&std::sync::Arc<dyn crate::provider::CellProvider>> {
+        self.provider.get()
     }
 
     /// Wakes the operations driver: something an operation may wait for changed.

@@ -134,6 +134,7 @@ impl OpenMoves {
 }
 
 fn view(m: &MoveRecord, fwd: &StreamState, source: &MoveSideReport) -> MoveView {
+    let fwd = m.state.final_stream.as_ref().unwrap_or(fwd);
     let lag = source
         .capture_head
         .map(|h| u64::try_from(h - fwd.change_seq_applied).unwrap_or(0))
@@ -229,7 +230,7 @@ impl Registry {
     /// Plans a move and (unless `dry_run`) starts it.
     pub async fn start_move(&self, caller: &Caller, req: &StartMoveRequest) -> Result<MoveStarted> {
         let mut tx = self.store.begin(caller).await?;
-        let plan = self.plan_move(&mut tx, req).await?;
+        let (plan, new_cell) = self.plan_move(&mut tx, req).await?;
         if req.dry_run {
             return Ok(MoveStarted {
                 plan,
@@ -252,16 +253,44 @@ impl Registry {
             rollback_window_secs: req
                 .rollback_window_secs
                 .unwrap_or(DEFAULT_ROLLBACK_WINDOW_SECS),
+            provisioned: new_cell.is_some(),
         };
         let mut id_bytes = [0u8; 6];
         rand::fill(&mut id_bytes);
         let id = format!("mv_{}", hex::encode(id_bytes));
         let now = tx.now;
+        if let Some(cell) = &new_cell {
+            // Registered now (provisioning: placement does not use it), made by the driver.
+            let mut labels = cell.labels.clone();
+            labels.insert("cellfleet.io/provisioned-for".into(), id.clone());
+            store::upsert_cell(
+                tx.conn(),
+                &cell.name,
+                &labels,
+                &cell.spec,
+                CellState::Provisioning,
+                now,
+            )
+            .await?;
+            if let Some(release) = &cell.desired_release {
+                store::set_cell_release(tx.conn(), &cell.name, release).await?;
+            }
+            tx.audit(
+                "cell.provision",
+                &format!("cell/{}", cell.name),
+                json!({ "move": id, "spec": cell.spec, "labels": labels, "release": cell.desired_release }),
+            );
+        }
+        let first_phase = if new_cell.is_some() {
+            MovePhase::PreparingTarget
+        } else {
+            MovePhase::Capturing
+        };
         let row = OperationRow {
             id: id.clone(),
             kind: KIND.to_owned(),
             subject: subject(&req.tenant, &req.env),
-            phase: MovePhase::Capturing.as_str().to_owned(),
+            phase: first_phase.as_str().to_owned(),
             version: 1,
             spec: store::canonical(&spec),
             state: store::canonical(&MoveState::default()),
@@ -341,7 +370,12 @@ impl Registry {
     }
 
     /// Every check of a move, and where it would go.
-    async fn plan_move(&self, tx: &mut store::Tx, req: &StartMoveRequest) -> Result<MovePlan> {
+    /// Every check of a move, and where it would go (with the cell to provision, if any).
+    async fn plan_move(
+        &self,
+        tx: &mut store::Tx,
+        req: &StartMoveRequest,
+    ) -> Result<(MovePlan, Option<store::CellRow>)> {
         let tenant = store::get_tenant(tx.conn(), &req.tenant)
             .await?
             .ok_or_else(|| not_found("tenant", &req.tenant))?;
@@ -362,7 +396,8 @@ impl Registry {
         let allowed = fleet.candidate_regions(&tenant.spec.residency);
         let cells = store::list_cells(tx.conn()).await?;
         // The target: a named cell, the pooled cell placement would pick, or a free dedicated
-        // cell, in a region residency allows.
+        // cell (else a new one, from the provider), in a region residency allows.
+        let mut provision: Option<String> = None;
         let target = match req.to.as_str() {
             "pooled" | "dedicated" => {
                 let kind = if req.to == "pooled" {
@@ -392,10 +427,67 @@ impl Registry {
                         .cloned()
                         .ok_or_else(|| not_found("cell", &d.cell))?,
                     Err(crate::placement::NoRoom(why)) => {
-                        return Err(Error::Conflict(format!(
-                            "no {} cell can take tenant {}/{}: {why}",
-                            req.to, req.tenant, req.env
-                        )));
+                        match (kind, self.provider()) {
+                            (CellKind::Dedicated, Some(provider)) => {
+                                // None free: a new one, in the source's region when residency
+                                // allows it, else in the first region it allows.
+                                let region = allowed
+                                    .regions
+                                    .iter()
+                                    .map(|(r, _)| r.clone())
+                                    .find(|r| *r == source.spec.region)
+                                    .or_else(|| allowed.regions.first().map(|(r, _)| r.clone()))
+                                    .ok_or_else(|| {
+                                        Error::Conflict(format!(
+                                            "no region can take tenant {}/{}: {why}",
+                                            req.tenant, req.env
+                                        ))
+                                    })?;
+                                let name = new_cell_name(&req.tenant, &req.env, &cells)?;
+                                let endpoint = provider.endpoint_for(&name).map_err(|e| {
+                                    Error::Conflict(format!(
+                                        "the {} provider cannot make cell {name}: {e:#}",
+                                        provider.name()
+                                    ))
+                                })?;
+                                provision = Some(provider.name().to_owned());
+                                store::CellRow {
+                                    name,
+                                    labels: [(
+                                        PROVIDER_LABEL.to_owned(),
+                                        provider.name().to_owned(),
+                                    )]
+                                    .into(),
+                                    spec: cellfleet_api::CellSpec {
+                                        region,
+                                        kind: CellKind::Dedicated,
+                                        env: req.env.clone(),
+                                        capacity: None,
+                                        template: None,
+                                        endpoint: Some(endpoint),
+                                        change_window: None,
+                                    },
+                                    state: CellState::Provisioning,
+                                    load: 0,
+                                    desired_generation: 0,
+                                    desired_release: source.desired_release.clone(),
+                                    created_at: tx.now,
+                                    updated_at: tx.now,
+                                }
+                            }
+                            (CellKind::Dedicated, None) => {
+                                return Err(Error::Conflict(format!(
+                                    "no dedicated cell can take tenant {}/{}: {why}; and this control plane has no cell provider to make one (`cellfleet up` runs the local one): register a dedicated cell, or name one with --to",
+                                    req.tenant, req.env
+                                )));
+                            }
+                            _ => {
+                                return Err(Error::Conflict(format!(
+                                    "no {} cell can take tenant {}/{}: {why}",
+                                    req.to, req.tenant, req.env
+                                )));
+                            }
+                        }
                     }
                 }
             }
@@ -460,26 +552,35 @@ impl Registry {
             },
             PlanCheck {
                 check: "room".into(),
-                ok: target.load < target.spec.effective_capacity()
-                    && target.state == CellState::Ready,
-                detail: format!(
-                    "{} is {} with {}/{} tenant environments",
-                    target.name,
-                    target.state,
-                    target.load,
-                    target.spec.effective_capacity()
-                ),
+                ok: provision.is_some()
+                    || (target.load < target.spec.effective_capacity()
+                        && target.state == CellState::Ready),
+                detail: if provision.is_some() {
+                    format!("{} is new: made for this tenant", target.name)
+                } else {
+                    format!(
+                        "{} is {} with {}/{} tenant environments",
+                        target.name,
+                        target.state,
+                        target.load,
+                        target.spec.effective_capacity()
+                    )
+                },
             },
             PlanCheck {
                 check: "schema".into(),
                 ok: migration_of(&source.name).is_some()
-                    && migration_of(&source.name) == migration_of(&target.name),
+                    && (provision.is_some()
+                        || migration_of(&source.name) == migration_of(&target.name)),
                 detail: format!(
-                    "migrations: {} at V{}, {} at V{}",
+                    "migrations: {} at V{}, {} {}",
                     source.name,
                     migration_of(&source.name).map_or("?".into(), |v| v.to_string()),
                     target.name,
-                    migration_of(&target.name).map_or("?".into(), |v| v.to_string())
+                    match (&provision, migration_of(&target.name)) {
+                        (Some(_), _) => "migrates to the same version before the copy".into(),
+                        (None, v) => format!("at V{}", v.map_or("?".into(), |v| v.to_string())),
+                    }
                 ),
             },
             PlanCheck {
@@ -512,15 +613,29 @@ impl Registry {
                 detail: format!("{} is dedicated and holds another tenant", target.name),
             });
         }
+        if let Some(provider) = &provision {
+            checks.push(PlanCheck {
+                check: "provision".into(),
+                ok: true,
+                detail: format!(
+                    "no free dedicated cell: the {provider} provider makes {} in {} ({}), at migration V{} before the copy starts",
+                    target.name,
+                    target.spec.region,
+                    target.spec.endpoint.as_deref().unwrap_or("-"),
+                    migration_of(&source.name).map_or("?".into(), |v| v.to_string())
+                ),
+            });
+        }
         Ok(MovePlan {
             tenant: req.tenant.clone(),
             env: req.env.clone(),
             source: source.name,
-            target: target.name,
-            provision: false,
+            target: target.name.clone(),
+            provision: provision.is_some(),
             region: target.spec.region.to_string(),
             checks,
         })
+        .map(|plan| (plan, provision.map(|_| target)))
     }
 
     pub async fn get_move(&self, id: &str) -> Result<MoveView> {
@@ -786,6 +901,7 @@ impl Registry {
                 if let Some(v) = &c.verify {
                     s.verify = Some(VerifyOutcome {
                         round: v.round,
+                        fence: v.pks.is_some(),
                         change_seq: c.change_seq,
                         mismatches: ack.mismatches.clone(),
                     });
@@ -858,19 +974,24 @@ impl Registry {
             .collect();
         let routing_version = store::routing_version(&mut conn).await?;
         let reports = store::reports(&mut conn).await?;
-        let facts = |cell: &CellName, desired: i64| moves::CellFacts {
-            desired_generation: desired,
-            observed_generation: reports
-                .get(cell.as_str())
-                .map(|r| r.report.observed_generation),
-            tenants_generation: reports
-                .get(cell.as_str())
-                .and_then(|r| r.report.workload.as_ref())
-                .and_then(|w| w.tenants_generation),
+        let facts = |cell: &CellName, row: Option<store::CellRow>| {
+            let report = reports.get(cell.as_str()).map(|r| &r.report);
+            let workload = report.and_then(|r| r.workload.as_ref());
+            let desired_release = row.as_ref().and_then(|c| c.desired_release.clone());
+            moves::CellFacts {
+                desired_generation: row.map_or(0, |c| c.desired_generation),
+                observed_generation: report.map(|r| r.observed_generation),
+                tenants_generation: workload.and_then(|w| w.tenants_generation),
+                serving: workload.is_some_and(|w| {
+                    w.state == cellfleet_api::WorkloadState::Running
+                        && w.release.is_some()
+                        && w.release == desired_release
+                }),
+                migration: report.and_then(|r| r.migrations.iter().map(|m| m.version).max()),
+            }
         };
-        let generation = |row: Option<store::CellRow>| row.map_or(0, |c| c.desired_generation);
-        let source_gen = generation(store::get_cell(&mut conn, &m.spec.source).await?);
-        let target_gen = generation(store::get_cell(&mut conn, &m.spec.target).await?);
+        let source_row = store::get_cell(&mut conn, &m.spec.source).await?;
+        let target_row = store::get_cell(&mut conn, &m.spec.target).await?;
         Ok(Observed {
             now_ms: chrono::Utc::now().timestamp_millis(),
             fwd,
@@ -879,38 +1000,38 @@ impl Registry {
             target,
             routers,
             routing_version,
-            source_cell: facts(&m.spec.source, source_gen),
-            target_cell: facts(&m.spec.target, target_gen),
+            source_cell: facts(&m.spec.source, source_row),
+            target_cell: facts(&m.spec.target, target_row),
         })
     }
 
     /// One step of an open move. Returns whether it changed phase (the driver steps again).
     pub async fn step_move(&self, op: &OperationRow, settings: &MoveSettings) -> Result<bool> {
         let m = MoveRecord::decode(op)?;
+        if m.phase == MovePhase::PreparingTarget && m.state.abort_requested.is_none() {
+            // The provider brings the new cell up (idempotent: every pass until it serves).
+            let trouble = match self.provider() {
+                Some(p) => p.provision(&m.spec.target).await.err().map(|e| {
+                    format!(
+                        "the {} provider cannot bring {} up yet: {e:#}",
+                        p.name(),
+                        m.spec.target
+                    )
+                }),
+                None => Some(format!(
+                    "waiting for a cell provider to make {} (this control plane runs none; `cellfleet up` does)",
+                    m.spec.target
+                )),
+            };
+            if let Some(note) = trouble {
+                self.store_note(&m, Some(note)).await?;
+                return Ok(false);
+            }
+        }
         let obs = self.observe_move(&m).await?;
         match moves::next_step(&m.spec, m.phase, &m.state, &obs, settings) {
             Decision::Wait(note) => {
-                if note.is_some() && note != m.state.note {
-                    // A note is for people: stored without the lock or an audit record.
-                    let mut state = m.state.clone();
-                    state.note = note;
-                    let text = store::canonical(&state);
-                    let reserves = m.reserves().map(ToString::to_string);
-                    let mut conn = self.store.read().await?;
-                    store::cas_operation(
-                        &mut conn,
-                        &m.id,
-                        m.version,
-                        &OperationUpdate {
-                            phase: m.phase.as_str(),
-                            state: &text,
-                            reserves: reserves.as_deref(),
-                            finished: false,
-                        },
-                        chrono::Utc::now(),
-                    )
-                    .await?;
-                }
+                self.store_note(&m, note).await?;
                 Ok(false)
             }
             Decision::Step {
@@ -926,6 +1047,33 @@ impl Registry {
         }
     }
 
+    /// Stores what a waiting move waits for, when it changed. A note is for people: stored
+    /// without the lock or an audit record (a lost race just drops it).
+    async fn store_note(&self, m: &MoveRecord, note: Option<String>) -> Result<()> {
+        if note.is_none() || note == m.state.note {
+            return Ok(());
+        }
+        let mut state = m.state.clone();
+        state.note = note;
+        let text = store::canonical(&state);
+        let reserves = m.reserves().map(ToString::to_string);
+        let mut conn = self.store.read().await?;
+        store::cas_operation(
+            &mut conn,
+            &m.id,
+            m.version,
+            &OperationUpdate {
+                phase: m.phase.as_str(),
+                state: &text,
+                reserves: reserves.as_deref(),
+                finished: false,
+            },
+            chrono::Utc::now(),
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn commit_move_step(
         &self,
         m: &MoveRecord,
@@ -935,6 +1083,10 @@ impl Registry {
         why: &str,
     ) -> Result<()> {
         let mut tx = self.store.begin(&Caller::system("moves")).await?;
+        let mut state = state;
+        if effect == Some(Effect::Finish) {
+            state.final_stream = Some(stream_state(tx.conn(), &m.id, "fwd").await?.1);
+        }
         let next = MoveRecord {
             phase,
             state: state.clone(),
@@ -967,7 +1119,39 @@ impl Registry {
             Some(Effect::PlaceOnSource) => {
                 self.replace_placement(&mut tx, m, &m.spec.source).await?;
             }
-            Some(Effect::Finish) => store::forget_move_data(tx.conn(), &m.id).await?,
+            Some(Effect::Finish) => {
+                store::forget_move_data(tx.conn(), &m.id).await?;
+                // A dedicated cell the tenant left (or a provisioned one it never stayed on) is
+                // marked for retirement — never deleted by a move.
+                let emptied = match phase {
+                    MovePhase::Done => Some(&m.spec.source),
+                    _ if m.spec.provisioned => Some(&m.spec.target),
+                    _ => None,
+                };
+                if let Some(cell) = emptied {
+                    mark_for_retirement(&mut tx, cell, &m.id).await?;
+                }
+            }
+            Some(Effect::TargetReady) => {
+                if let Some(cell) = store::get_cell(tx.conn(), &m.spec.target).await?
+                    && cell.state == CellState::Provisioning
+                {
+                    store::upsert_cell(
+                        tx.conn(),
+                        &cell.name,
+                        &cell.labels,
+                        &cell.spec,
+                        CellState::Ready,
+                        now,
+                    )
+                    .await?;
+                    tx.audit(
+                        "cell.ready",
+                        &format!("cell/{}", cell.name),
+                        json!({ "move": m.id }),
+                    );
+                }
+            }
             None => {}
         }
         tx.touch(&m.spec.source);
@@ -1050,4 +1234,64 @@ fn position(s: &StreamState) -> StreamPosition {
 /// The open moves by id (for views that need more than one).
 pub fn by_id(moves: &OpenMoves) -> HashMap<&str, &MoveRecord> {
     moves.0.iter().map(|m| (m.id.as_str(), m)).collect()
+}
+
+/// The label naming the provider that made a cell.
+pub const PROVIDER_LABEL: &str = "cellfleet.io/provider";
+/// The label of a cell marked for retirement (its value says why).
+pub const RETIRE_LABEL: &str = "cellfleet.io/retire";
+
+/// A name for a new dedicated cell of `tenant`'s `env`: `ded-{tenant}` (`-{env}` outside prod),
+/// with a number when taken.
+fn new_cell_name(tenant: &TenantId, env: &Env, cells: &[store::CellRow]) -> Result<CellName> {
+    let mut base = if env.as_str() == "prod" {
+        format!("ded-{tenant}")
+    } else {
+        format!("ded-{tenant}-{env}")
+    };
+    base.truncate(58);
+    let base = base.trim_end_matches('-').to_owned();
+    (1..100)
+        .map(|n| {
+            if n == 1 {
+                base.clone()
+            } else {
+                format!("{base}-{n}")
+            }
+        })
+        .filter_map(|n| n.parse::<CellName>().ok())
+        .find(|n| !cells.iter().any(|c| c.name == *n))
+        .ok_or_else(|| Error::Conflict(format!("no free cell name like {base}")))
+}
+
+/// Marks `cell` for retirement when it is a dedicated cell with no tenant left: `draining` (no
+/// placement uses it), labelled with why. Its agent, database and data stay until an operator
+/// retires it.
+async fn mark_for_retirement(tx: &mut store::Tx, cell: &CellName, move_id: &str) -> Result<()> {
+    let Some(row) = store::get_cell(tx.conn(), cell).await? else {
+        return Ok(());
+    };
+    if row.spec.kind != CellKind::Dedicated || row.load > 0 || row.labels.contains_key(RETIRE_LABEL)
+    {
+        return Ok(());
+    }
+    let mut labels = row.labels.clone();
+    labels.insert(RETIRE_LABEL.into(), format!("emptied-by-{move_id}"));
+    let now = tx.now;
+    store::upsert_cell(
+        tx.conn(),
+        cell,
+        &labels,
+        &row.spec,
+        CellState::Draining,
+        now,
+    )
+    .await?;
+    tx.touch(cell);
+    tx.audit(
+        "cell.retire-marked",
+        &format!("cell/{cell}"),
+        json!({ "move": move_id, "why": "a dedicated cell with no tenant left after a move" }),
+    );
+    Ok(())
 }

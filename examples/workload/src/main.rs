@@ -313,6 +313,7 @@ async fn tenant_middleware(State(s): State<AppState>, req: Request, next: Next) 
         }
         _ => named.clone(),
     };
+    let edge = tenants::EdgeRetry::of(req.headers(), req.uri());
     let response = if gate != tenants::Gate::Serve {
         tenants::refused(&gate, &named, &s.cell)
     } else {
@@ -325,6 +326,7 @@ async fn tenant_middleware(State(s): State<AppState>, req: Request, next: Next) 
             next.run(req).await
         }
     };
+    let response = edge.finish(response, &s.cell);
     s.metrics
         .requests
         .get_or_create(&RequestLabels {

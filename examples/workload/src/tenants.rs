@@ -9,9 +9,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use cellfleet_api::workload::{REASON_HEADER, refusal};
+use cellfleet_api::workload::{REASON_HEADER, REDIRECT_HEADER, REFUSED_BY_HEADER, refusal};
 use cellfleet_api::{CellTenants, TenantState};
 use sha2::{Digest, Sha256};
 
@@ -174,6 +174,58 @@ pub fn refused(gate: &Gate, tenant: &str, cell: &str) -> Response {
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response
+}
+
+/// What the edge asked for a refusal it may deliver to another cell, read from the request
+/// before it is handled (the handler consumes it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeRetry {
+    /// Answer such a refusal with a `307` to this URL (the request's own).
+    redirect: Option<String>,
+}
+
+impl EdgeRetry {
+    pub fn of(headers: &HeaderMap, uri: &Uri) -> EdgeRetry {
+        let asked = headers.get(REDIRECT_HEADER).is_some();
+        let refused_before = headers.get(REFUSED_BY_HEADER).is_some();
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let scheme = headers
+            .get("x-forwarded-proto")
+            .and_then(|h| h.to_str().ok())
+            .filter(|p| matches!(*p, "http" | "https"))
+            .unwrap_or("http");
+        let redirect = match (asked && !refused_before, host) {
+            (true, Some(host)) => Some(format!(
+                "{scheme}://{host}{}",
+                uri.path_and_query().map_or("/", |p| p.as_str())
+            )),
+            _ => None,
+        };
+        EdgeRetry { redirect }
+    }
+
+    /// Names this cell on a refusal the edge may deliver elsewhere, and makes it the redirect the
+    /// edge asked for.
+    pub fn finish(&self, mut response: Response, cell: &str) -> Response {
+        let reroutable = response
+            .headers()
+            .get(REASON_HEADER)
+            .and_then(|r| r.to_str().ok())
+            .is_some_and(|r| refusal::REROUTABLE.contains(&r));
+        if !reroutable {
+            return response;
+        }
+        if let Ok(v) = HeaderValue::from_str(cell) {
+            response.headers_mut().insert(REFUSED_BY_HEADER, v);
+        }
+        if let Some(url) = &self.redirect
+            && let Ok(location) = HeaderValue::from_str(url)
+        {
+            *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        response
+    }
 }
 
 #[cfg(test)]

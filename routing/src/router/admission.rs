@@ -6,6 +6,9 @@
 //! - frozen (a move is cutting over) → **held**: the request waits for the next published table
 //!   and decides again, until the hold bound passes (retry later). Clients of a move see a short
 //!   delay instead of an error, and no request is ever sent to a cell that might be fenced.
+//! - a request the edge sends once more because a cell refused it as moved (it names that cell,
+//!   `X-Cellfleet-Refused-By`) is held the same way while the table still routes it there: this
+//!   router has not seen the new placement yet, and sending it back would only be refused again.
 
 use std::time::Duration;
 
@@ -64,7 +67,14 @@ enum Look {
     Frozen,
 }
 
-fn look(state: &RouterState, route: Option<&Route>, tenant: &str, env: &str, version: i64) -> Look {
+fn look(
+    state: &RouterState,
+    route: Option<&Route>,
+    tenant: &str,
+    env: &str,
+    version: i64,
+    refused_by: Option<&str>,
+) -> Look {
     let Some(route) = route else {
         return Look::Decided(Admission::Denied(Denial::Refused(Refusal::UnknownTenant)));
     };
@@ -73,6 +83,7 @@ fn look(state: &RouterState, route: Option<&Route>, tenant: &str, env: &str, ver
             Look::Decided(Admission::Denied(Denial::Refused(Refusal::Suspended)))
         }
         RouteState::Frozen => Look::Frozen,
+        RouteState::Active if refused_by == Some(route.cell.as_str()) => Look::Frozen,
         RouteState::Active => {
             if let Some(rps) = route.requests_per_second
                 && let Err(after) = state.inner.quotas.check(tenant, env, rps)
@@ -99,8 +110,14 @@ fn look(state: &RouterState, route: Option<&Route>, tenant: &str, env: &str, ver
 }
 
 /// Decides for `(tenant, env)`, holding a frozen tenant's request until its route is unfrozen or
-/// the hold bound passes.
-pub async fn admit(state: &RouterState, tenant: &str, env: &str) -> Admission {
+/// the hold bound passes — and a request `refused_by` a cell as moved until the route leads
+/// elsewhere.
+pub async fn admit(
+    state: &RouterState,
+    tenant: &str,
+    env: &str,
+    refused_by: Option<&str>,
+) -> Admission {
     let mut held: Option<(tokio::sync::watch::Receiver<i64>, Instant, Instant)> = None;
     loop {
         let decided = {
@@ -111,6 +128,7 @@ pub async fn admit(state: &RouterState, tenant: &str, env: &str) -> Admission {
                 tenant,
                 env,
                 table.version(),
+                refused_by,
             )
         };
         match (decided, &mut held) {

@@ -35,6 +35,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use cellfleet_api::workload::REFUSED_BY_HEADER;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -374,7 +375,7 @@ async fn route_lookup(
         .as_ref()
         .and_then(|q| q.0.env.as_deref())
         .unwrap_or(&state.inner.config.env);
-    match admit(&state, &tenant, env).await {
+    match admit(&state, &tenant, env, None).await {
         Admission::Routed(dest) => {
             state.inner.metrics.decided(Mode::Route, Outcome::Routed);
             let body = serde_json::to_vec(&RouteBody {
@@ -419,7 +420,12 @@ async fn proxy_decision(
     let Some(tenant) = state.inner.config.tenant_source.tenant(headers, path) else {
         return not_routed(state, mode, "", Denial::Refused(Refusal::NoTenant));
     };
-    match admit(state, tenant, &state.inner.config.env).await {
+    // A request a cell refused as moved, sent once more by the edge.
+    let refused_by = headers
+        .get(REFUSED_BY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty());
+    match admit(state, tenant, &state.inner.config.env, refused_by).await {
         Admission::Routed(dest) => {
             if mode == Mode::Nginx && dest.endpoint.is_none() {
                 // nginx would proxy to an empty address and answer 500: say why instead.

@@ -1,0 +1,247 @@
+//! Tenant moves for real: a fleet of cells run by their agents, the example workload taking
+//! writes through the shipped nginx configuration and `cellfleet-router` for the whole of each
+//! move — pooled → pooled, pooled → dedicated, dedicated → pooled — and then the checks that
+//! matter: every acknowledged write is at the destination exactly once, no client saw an error,
+//! no two cells served the tenant at once, the source holds none of its rows after cleanup, and
+//! the fleet invariants hold. A router cut off from the control plane is not waited for; a request
+//! it still sends to the old cell is refused there and delivered once more, to the new one.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cellfleet_e2e::{
+    DualServeProbe, FleetOptions, Forwarder, LocalFleet, NginxProcess, ServerProcess, Writer,
+    assert_every_write_landed_once, eventually, free_port, http_get, http_request, router_health,
+    shipped_nginx_config, start_router, wait_no_rows, wait_router_live,
+};
+
+/// nginx with the shipped configuration in front of a router of its own (which writes nginx's
+/// upstreams and reloads it), the router following `control_plane`.
+fn nginx_edge(
+    control_plane: &str,
+    token: &Path,
+    cache: PathBuf,
+) -> (NginxProcess, ServerProcess) {
+    let router_addr = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let upstreams = dir.path().join("upstreams");
+    let pid_file = dir.path().join("nginx.pid");
+    let nginx = NginxProcess::start_in(
+        dir,
+        &shipped_nginx_config(&format!("http://{router_addr}"), &upstreams),
+    );
+    let upstreams_file = upstreams.join("upstreams.conf");
+    let reload = format!("kill -HUP $(cat {})", pid_file.display());
+    let router = start_router(
+        control_plane,
+        token,
+        &cache,
+        &router_addr,
+        &[
+            "--nginx-upstreams",
+            upstreams_file.to_str().unwrap_or_default(),
+            "--nginx-reload-command",
+            &reload,
+        ],
+    );
+    eventually(Duration::from_secs(30), "the router syncs", || {
+        router_health(&router.url)["status"] == "ok"
+    });
+    (nginx, router)
+}
+
+/// How many requests `endpoint`'s workload refused as not placed there, so far.
+fn refused_not_here(endpoint: &str) -> u64 {
+    let (_, text) = http_get(endpoint, "/metrics", None).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("workload_requests_total") && l.contains("status=\"421\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Runs one move to its end with the writer going; checks it finished with a measured pause and
+/// that no two cells served the tenant meanwhile; waits until the source is empty.
+async fn move_and_check(fleet: &LocalFleet, to: &str) -> serde_json::Value {
+    let from = fleet.cell_of("acme").unwrap_or_default();
+    let planned = fleet.run(&[
+        "move",
+        "start",
+        "acme",
+        "--to",
+        to,
+        "--dry-run",
+        "-o",
+        "json",
+    ]);
+    let target = planned.json()["plan"]["target"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let probe = DualServeProbe::start(
+        &fleet.endpoint_of(&from),
+        &fleet.endpoint_of(&target),
+        "acme",
+    );
+    let id = fleet.start_move(&["acme", "--to", to, "--rollback-window", "2s"]);
+    let done = fleet.wait_move(&id, "done", Duration::from_secs(120));
+    let (rounds, both) = probe.finish();
+    assert_eq!(
+        done["phase"],
+        "done",
+        "move to {to}: {done}\n{}",
+        fleet.agent_logs()
+    );
+    assert_eq!(done["target"], target.as_str());
+    assert_eq!(fleet.cell_of("acme").as_deref(), Some(target.as_str()));
+    let pause = done["cutovers"]
+        .as_array()
+        .and_then(|c| c.last())
+        .and_then(|c| c["pauseMs"].as_u64());
+    assert!(pause.is_some(), "the write pause is measured: {done}");
+    assert!(rounds > 10, "the probe ran ({rounds} rounds)");
+    assert_eq!(
+        both, 0,
+        "{from} and {target} both served acme in {both} of {rounds} probes"
+    );
+    wait_no_rows(fleet, &from, "acme").await;
+    eprintln!(
+        "moved acme {from} -> {target}: write pause {} ms, {rounds} probes",
+        pause.unwrap_or_default()
+    );
+    done
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_through_nginx_lose_no_write_and_show_no_error() {
+    let fleet = LocalFleet::start_opts(
+        &[("cell-a", 5), ("cell-b", 5), ("ded-1", 1)],
+        &FleetOptions {
+            dedicated: &["ded-1"],
+            serve_args: &["--router-gone-after", "3s"],
+            ..FleetOptions::default()
+        },
+    )
+    .await;
+    fleet.apply_tenants(&[("acme", ""), ("globex", "")]);
+    let token = fleet.edge_token_file();
+    let (nginx, router) = nginx_edge(fleet.url(), &token, fleet.dir().join("router-cache"));
+    wait_router_live(&fleet, 1);
+    let edge = nginx.url.clone();
+    // A neighbour whose notes must not move.
+    for _ in 0..5 {
+        let (status, _, _) = http_request(
+            &edge,
+            "POST",
+            "/v1/notes",
+            &[("X-Tenant-Id", "globex")],
+            "{\"body\": \"stay\"}",
+        )
+        .unwrap_or_default();
+        assert_eq!(status, 201, "{}", nginx.error_log());
+    }
+    let globex_cell = fleet.cell_of("globex").unwrap_or_default();
+
+    let writer = Writer::start(&edge, "acme");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let start = fleet.cell_of("acme").unwrap_or_default();
+    let other = if start == "cell-a" {
+        "cell-b"
+    } else {
+        "cell-a"
+    };
+    // pooled → pooled, pooled → dedicated (the free one), dedicated → pooled.
+    move_and_check(&fleet, other).await;
+    let to_dedicated = move_and_check(&fleet, "dedicated").await;
+    assert_eq!(to_dedicated["target"], "ded-1");
+    move_and_check(&fleet, "pooled").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let written = writer.finish();
+    eprintln!(
+        "{} writes acknowledged, served by {:?}, slowest {:?}",
+        written.acked.len(),
+        written.served_by,
+        written.slowest
+    );
+
+    let end = fleet.cell_of("acme").unwrap_or_default();
+    let ids = fleet.cell_dbs[fleet.index_of(&end)].note_ids("acme").await;
+    assert_every_write_landed_once(&written, &ids);
+    assert!(
+        written.served_by.len() >= 3,
+        "the writes were served by every cell in turn: {:?}",
+        written.served_by
+    );
+    // The emptied dedicated cell is marked for retirement, not deleted.
+    let ded = fleet.run(&["cell", "get", "ded-1", "-o", "json"]).json();
+    assert_eq!(ded["state"], "draining", "{ded}");
+    assert!(ded["labels"]["cellfleet.io/retire"].is_string(), "{ded}");
+    assert_eq!(
+        fleet.cell_dbs[fleet.index_of(&globex_cell)]
+            .note_ids("globex")
+            .await
+            .len(),
+        5,
+        "the neighbour's notes stay where they were"
+    );
+
+    // A second edge whose router is cut off from the control plane: reported gone, not waited
+    // for; afterwards its stale route sends a write to the old cell, which refuses it, and nginx
+    // delivers it once more through the router — which holds it until it has the new route.
+    let forwarder = Forwarder::start(fleet.url());
+    let (nginx2, router2) = nginx_edge(&forwarder.url, &token, fleet.dir().join("router2-cache"));
+    wait_router_live(&fleet, 2);
+    forwarder.pause();
+    eventually(
+        Duration::from_secs(30),
+        "the cut-off router is gone",
+        || {
+            let routers = fleet.run(&["router", "list", "-o", "json"]).json();
+            routers
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r["status"] == "gone"))
+        },
+    );
+    let before = fleet.cell_of("acme").unwrap_or_default();
+    let back = if before == "cell-a" {
+        "cell-b"
+    } else {
+        "cell-a"
+    };
+    move_and_check(&fleet, back).await;
+    let refused_before = refused_not_here(&fleet.endpoint_of(&before));
+    let edge2 = nginx2.url.clone();
+    let late = std::thread::spawn(move || {
+        http_request(
+            &edge2,
+            "POST",
+            "/v1/notes",
+            &[("X-Tenant-Id", "acme")],
+            "{\"body\": \"late\"}",
+        )
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    forwarder.resume();
+    let (status, head, body) = late
+        .join()
+        .unwrap_or_else(|_| panic!("late writer"))
+        .unwrap_or_default();
+    assert_eq!(status, 201, "{head}{body}\n{}", nginx2.error_log());
+    assert!(head.contains(&format!("x-served-by: {back}")), "{head}");
+    assert!(
+        refused_not_here(&fleet.endpoint_of(&before)) > refused_before,
+        "the stale route reached {before} first (and was refused there)"
+    );
+    let id: i64 = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["id"].as_i64())
+        .unwrap_or_default();
+    assert!(
+        fleet.cell_dbs[fleet.index_of(back)]
+            .note_ids("acme")
+            .await
+            .contains(&id),
+        "the delivered write is at {back}"
+    );
+    drop((nginx2, router2, nginx, router));
+    fleet.check_invariants(&["acme", "globex"]).await;
+}
