@@ -10,18 +10,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cellfleet_e2e::{
-    DualServeProbe, FleetOptions, Forwarder, LocalFleet, NginxProcess, ServerProcess, Writer,
-    assert_every_write_landed_once, eventually, free_port, http_get, http_request, router_health,
-    shipped_nginx_config, start_router, wait_no_rows, wait_router_live,
+    DualServeProbe, EnvoyProcess, FleetOptions, Forwarder, LocalFleet, NginxProcess, ServerProcess,
+    Writer, assert_every_write_landed_once, eventually, free_port, http_get, http_request,
+    router_health, shipped_envoy_config, shipped_nginx_config, start_router, wait_no_rows,
+    wait_router_live,
 };
 
 /// nginx with the shipped configuration in front of a router of its own (which writes nginx's
 /// upstreams and reloads it), the router following `control_plane`.
-fn nginx_edge(
-    control_plane: &str,
-    token: &Path,
-    cache: PathBuf,
-) -> (NginxProcess, ServerProcess) {
+fn nginx_edge(control_plane: &str, token: &Path, cache: PathBuf) -> (NginxProcess, ServerProcess) {
     let router_addr = format!("127.0.0.1:{}", free_port());
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let upstreams = dir.path().join("upstreams");
@@ -50,11 +47,15 @@ fn nginx_edge(
     (nginx, router)
 }
 
-/// How many requests `endpoint`'s workload refused as not placed there, so far.
+/// How many requests `endpoint`'s workload refused as not placed there, so far (421, or the 307
+/// an edge that follows redirects asks for).
 fn refused_not_here(endpoint: &str) -> u64 {
     let (_, text) = http_get(endpoint, "/metrics", None).unwrap_or_default();
     text.lines()
-        .filter(|l| l.starts_with("workload_requests_total") && l.contains("status=\"421\""))
+        .filter(|l| {
+            l.starts_with("workload_requests_total")
+                && (l.contains("status=\"421\"") || l.contains("status=\"307\""))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }
@@ -244,4 +245,163 @@ async fn moves_through_nginx_lose_no_write_and_show_no_error() {
     );
     drop((nginx2, router2, nginx, router));
     fleet.check_invariants(&["acme", "globex"]).await;
+}
+
+/// Envoy with the shipped configuration in front of a router of its own (`--hold` given).
+fn envoy_edge(
+    fleet: &LocalFleet,
+    control_plane: &str,
+    token: &Path,
+    cache: PathBuf,
+    hold: &str,
+) -> (EnvoyProcess, ServerProcess) {
+    let router_addr = format!("127.0.0.1:{}", free_port());
+    let router = start_router(
+        control_plane,
+        token,
+        &cache,
+        &router_addr,
+        &["--hold", hold],
+    );
+    eventually(Duration::from_secs(30), "the router syncs", || {
+        router_health(&router.url)["status"] == "ok"
+    });
+    let envoy = EnvoyProcess::start(&shipped_envoy_config(&router.url, &fleet.cells));
+    (envoy, router)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_through_envoy_deliver_held_and_refused_requests() {
+    let fleet = LocalFleet::start_opts(
+        &[("cell-a", 5), ("cell-b", 5)],
+        &FleetOptions {
+            serve_args: &["--router-gone-after", "6s", "--router-ack-timeout", "2s"],
+            ..FleetOptions::default()
+        },
+    )
+    .await;
+    fleet.apply_tenants(&[("acme", "")]);
+    let token = fleet.edge_token_file();
+    let (envoy, router) = envoy_edge(&fleet, fleet.url(), &token, fleet.dir().join("r1"), "2s");
+    wait_router_live(&fleet, 1);
+    let edge = envoy.url.clone();
+
+    // A move under writes through Envoy: no error, every write once.
+    let writer = Writer::start(&edge, "acme");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let start = fleet.cell_of("acme").unwrap_or_default();
+    let other = if start == "cell-a" {
+        "cell-b"
+    } else {
+        "cell-a"
+    };
+    move_and_check(&fleet, other).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let written = writer.finish();
+    let ids = fleet.cell_dbs[fleet.index_of(other)].note_ids("acme").await;
+    assert_every_write_landed_once(&written, &ids);
+    eprintln!(
+        "{} writes through Envoy, served by {:?}",
+        written.acked.len(),
+        written.served_by
+    );
+
+    // A router cut off from the control plane: gone, not waited for. Its stale route then sends
+    // a write to the old cell, which answers Envoy with a redirect; Envoy asks the router again
+    // (which holds the request until it has the new route) and the write lands at the new cell.
+    let forwarder = Forwarder::start(fleet.url());
+    let (envoy2, router2) =
+        envoy_edge(&fleet, &forwarder.url, &token, fleet.dir().join("r2"), "5s");
+    wait_router_live(&fleet, 2);
+    forwarder.pause();
+    eventually(
+        Duration::from_secs(30),
+        "the cut-off router is gone",
+        || {
+            let routers = fleet.run(&["router", "list", "-o", "json"]).json();
+            routers
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r["status"] == "gone"))
+        },
+    );
+    move_and_check(&fleet, &start).await;
+    let refused_before = refused_not_here(&fleet.endpoint_of(other));
+    let edge2 = envoy2.url.clone();
+    let late = std::thread::spawn(move || {
+        http_request(
+            &edge2,
+            "POST",
+            "/v1/notes",
+            &[("X-Tenant-Id", "acme")],
+            "{\"body\": \"late\"}",
+        )
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    forwarder.resume();
+    let (status, head, body) = late
+        .join()
+        .unwrap_or_else(|_| panic!("late writer"))
+        .unwrap_or_default();
+    assert_eq!(status, 201, "{head}{body}\n{}", envoy2.log());
+    assert!(head.contains(&format!("x-served-by: {start}")), "{head}");
+    assert!(
+        refused_not_here(&fleet.endpoint_of(other)) > refused_before,
+        "the stale route reached {other} first (and was refused there)"
+    );
+    let id = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["id"].as_i64())
+        .unwrap_or_default();
+    assert!(
+        fleet.cell_dbs[fleet.index_of(&start)]
+            .note_ids("acme")
+            .await
+            .contains(&id)
+    );
+
+    // A live router that stops answering holds a cut-over up to --router-ack-timeout; meanwhile
+    // the first router holds the tenant's requests up to its --hold (2 s, within Envoy's 6 s
+    // ext_authz timeout), then answers 503 frozen + Retry-After itself — not Envoy's own error.
+    // The attempt is lifted (the route stays put) and the next one, with the router back, works.
+    wait_router_live(&fleet, 2);
+    forwarder.pause();
+    let id = fleet.start_move(&["acme", "--to", other, "--rollback-window", "2s"]);
+    eventually(
+        Duration::from_secs(30),
+        "the cut-over waits for the router",
+        || fleet.move_status(&id)["phase"] == "freezing",
+    );
+    let started = std::time::Instant::now();
+    let (status, head, _) =
+        http_request(&edge, "GET", "/v1/notes/1", &[("X-Tenant-Id", "acme")], "")
+            .unwrap_or_default();
+    let held = started.elapsed();
+    assert_eq!(status, 503, "{head}");
+    assert!(head.contains("x-cellfleet-reason: frozen"), "{head}");
+    assert!(head.contains("retry-after:"), "{head}");
+    assert!(
+        held >= Duration::from_millis(1500),
+        "held for the router's --hold: {held:?}"
+    );
+    eventually(Duration::from_secs(30), "the attempt is lifted", || {
+        let m = fleet.move_status(&id);
+        m["cutovers"][0]["outcome"]
+            .as_str()
+            .is_some_and(|o| o.contains("did not acknowledge"))
+    });
+    assert_eq!(
+        fleet.cell_of("acme").as_deref(),
+        Some(start.as_str()),
+        "the route stayed put"
+    );
+    forwarder.resume();
+    let done = fleet.wait_move(&id, "done", Duration::from_secs(120));
+    assert_eq!(done["phase"], "done", "{done}");
+    assert!(
+        done["cutovers"].as_array().map_or(0, Vec::len) >= 2,
+        "{done}"
+    );
+    wait_no_rows(&fleet, &start, "acme").await;
+    drop((envoy2, router2, envoy, router));
+    fleet.check_invariants(&["acme"]).await;
 }

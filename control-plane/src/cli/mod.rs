@@ -133,7 +133,8 @@ pub struct ServeArgs {
     #[arg(long, env = "CELLFLEET_AUDIT_CHECKPOINT_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub audit_checkpoint_interval: Duration,
     /// A router not seen on its watch for this long is gone: a move's cut-over does not wait for
-    /// it (`cellfleet router list` shows it as gone).
+    /// it (`cellfleet router list` shows it as gone). Routers are seen as each watch starts and
+    /// ends, so keep this above their `--poll` (30 s by default).
     #[arg(long, env = "CELLFLEET_ROUTER_GONE_AFTER", default_value = "60s", value_parser = humantime::parse_duration)]
     pub router_gone_after: Duration,
     /// How long a cut-over waits for every live router to hold the frozen tenant before it gives

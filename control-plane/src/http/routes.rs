@@ -61,6 +61,13 @@ pub async fn watch(
         .watch_routes(q.since.unwrap_or(0), wait)
         .await?;
     auth.still_live(&state).await?;
+    // Seen again as the long-poll ends: a router waiting on its watch is not silent.
+    if let Some(router) = &q.router {
+        state
+            .registry
+            .router_seen(router, q.since.unwrap_or(0))
+            .await?;
+    }
     Ok(Json(answer))
 }
 

@@ -8,7 +8,11 @@
 //!   `X-Cellfleet-Status` and `Retry-After`, which the shipped nginx config turns back into
 //!   429/503 (`examples/nginx/`);
 //! - `/envoy/authz/…` — Envoy `ext_authz` (HTTP service): 200 with the `cluster_header` header,
-//!   or the real denial status, which Envoy passes to the client;
+//!   or the real denial status, which Envoy passes to the client — but not a 5xx, which Envoy
+//!   takes for a failed check (and answers with its own `status_on_error`): a frozen tenant held
+//!   past `--hold` is a **200** with `X-Cellfleet-Later: frozen` (and `X-Cellfleet-Retry-After`)
+//!   instead of a cell, which the shipped Envoy config answers itself as 503 + `Retry-After`
+//!   (`examples/envoy/`);
 //! - `/healthz`, `/metrics` — version, staleness, decisions.
 //!
 //! Handlers are thin: authorize → find the tenant ([`TenantSource`]) → [`admission::admit`] →
@@ -55,6 +59,10 @@ pub const X_CELL_ENDPOINT: HeaderName = HeaderName::from_static("x-cell-endpoint
 pub const X_REASON: HeaderName = HeaderName::from_static("x-cellfleet-reason");
 /// In nginx mode, the status a "retry later" 401 stands for (429 or 503).
 pub const X_STATUS: HeaderName = HeaderName::from_static("x-cellfleet-status");
+/// In Envoy mode, a "retry later" Envoy must answer itself (a 5xx from the check is an error to
+/// Envoy): its reason, and the seconds for `Retry-After`.
+pub const X_LATER: HeaderName = HeaderName::from_static("x-cellfleet-later");
+pub const X_LATER_AFTER: HeaderName = HeaderName::from_static("x-cellfleet-retry-after");
 /// In nginx mode, where to proxy: a pooled upstream's name, or the cell's `host:port`.
 pub const X_CELL_UPSTREAM: HeaderName = HeaderName::from_static("x-cell-upstream");
 /// In nginx mode, the scheme to proxy with (`http` or `https`).
@@ -328,6 +336,15 @@ fn not_routed(state: &RouterState, mode: Mode, tenant: &str, denial: Denial) -> 
     let Some(after) = after else {
         return refusal(status, reason, message);
     };
+    // Envoy takes a 5xx from its check for a failure, not an answer: allow the request towards
+    // the config's "later" route instead (see the module docs).
+    if mode == Mode::Envoy && status.is_server_error() {
+        let mut response = Response::new(Body::empty());
+        let headers = response.headers_mut();
+        headers.insert(X_LATER, HeaderValue::from_static(reason));
+        headers.insert(X_LATER_AFTER, retry_after(after));
+        return response;
+    }
     // nginx's auth_request only understands 2xx/401/403: "retry later" travels as a 401 with the
     // real status beside it (see the module docs).
     let sent = if mode == Mode::Nginx {
