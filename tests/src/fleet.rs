@@ -110,9 +110,14 @@ impl CellDb {
 
     /// A connection as the agent (owner: sees every row).
     pub async fn connect(&self) -> sqlx::AnyConnection {
+        self.connect_as(false).await
+    }
+
+    /// A connection as the agent, or as the workload's role (`workload`).
+    pub async fn connect_as(&self, workload: bool) -> sqlx::AnyConnection {
         use sqlx::Connection;
         sqlx::any::install_default_drivers();
-        sqlx::AnyConnection::connect(&self.url(false))
+        sqlx::AnyConnection::connect(&self.url(workload))
             .await
             .expect("cell database connection")
     }

@@ -112,14 +112,17 @@ async fn move_and_check(fleet: &LocalFleet, to: &str) -> serde_json::Value {
     done
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn moves_through_nginx_lose_no_write_and_show_no_error() {
+/// Three moves of acme under writes through nginx — pooled → pooled, pooled → dedicated (the
+/// free one), dedicated → pooled — with every check; returns the fleet and its edge.
+async fn three_moves_under_writes(
+    postgres_cells: bool,
+) -> (LocalFleet, PathBuf, NginxProcess, ServerProcess) {
     let fleet = LocalFleet::start_opts(
         &[("cell-a", 5), ("cell-b", 5), ("ded-1", 1)],
         &FleetOptions {
             dedicated: &["ded-1"],
             serve_args: &["--router-gone-after", "3s"],
-            ..FleetOptions::default()
+            postgres_cells,
         },
     )
     .await;
@@ -150,7 +153,6 @@ async fn moves_through_nginx_lose_no_write_and_show_no_error() {
     } else {
         "cell-a"
     };
-    // pooled → pooled, pooled → dedicated (the free one), dedicated → pooled.
     move_and_check(&fleet, other).await;
     let to_dedicated = move_and_check(&fleet, "dedicated").await;
     assert_eq!(to_dedicated["target"], "ded-1");
@@ -184,7 +186,39 @@ async fn moves_through_nginx_lose_no_write_and_show_no_error() {
         5,
         "the neighbour's notes stay where they were"
     );
+    (fleet, token, nginx, router)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_on_postgres_cells_with_rls_lose_no_write() {
+    let (fleet, _, nginx, router) = three_moves_under_writes(true).await;
+    drop((nginx, router));
+    // The moves' machinery is the agent's: the workload's role cannot read captured changes
+    // (other tenants' rows), nor see another tenant's rows under RLS.
+    for db in &fleet.cell_dbs {
+        let mut conn = db.connect_as(true).await;
+        let read = sqlx::query("SELECT COUNT(*) FROM cellfleet_changes")
+            .fetch_one(&mut conn)
+            .await;
+        assert!(
+            read.as_ref()
+                .is_err_and(|e| e.to_string().contains("permission denied")),
+            "the workload reads the capture log: {read:?}"
+        );
+    }
+    let pooled = fleet.cell_of("acme").unwrap_or_default();
+    let mut conn = fleet.cell_dbs[fleet.index_of(&pooled)].connect_as(true).await;
+    let visible: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notes")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap_or(-1);
+    assert_eq!(visible, 0, "RLS: no tenant chosen, no row visible");
+    fleet.check_invariants(&["acme", "globex"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_through_nginx_lose_no_write_and_show_no_error() {
+    let (fleet, token, nginx, router) = three_moves_under_writes(false).await;
     // A second edge whose router is cut off from the control plane: reported gone, not waited
     // for; afterwards its stale route sends a write to the old cell, which refuses it, and nginx
     // delivers it once more through the router — which holds it until it has the new route.
