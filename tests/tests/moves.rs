@@ -197,7 +197,7 @@ async fn moves_on_postgres_cells_with_rls_lose_no_write() {
     // (other tenants' rows), nor see another tenant's rows under RLS.
     for db in &fleet.cell_dbs {
         let mut conn = db.connect_as(true).await;
-        let read = sqlx::query("SELECT COUNT(*) FROM cellfleet_changes")
+        let read: Result<i64, _> = sqlx::query_scalar("SELECT COUNT(*) FROM cellfleet_changes")
             .fetch_one(&mut conn)
             .await;
         assert!(
@@ -207,7 +207,9 @@ async fn moves_on_postgres_cells_with_rls_lose_no_write() {
         );
     }
     let pooled = fleet.cell_of("acme").unwrap_or_default();
-    let mut conn = fleet.cell_dbs[fleet.index_of(&pooled)].connect_as(true).await;
+    let mut conn = fleet.cell_dbs[fleet.index_of(&pooled)]
+        .connect_as(true)
+        .await;
     let visible: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notes")
         .fetch_one(&mut conn)
         .await
