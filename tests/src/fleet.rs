@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use crate::{
     AgentProcess, Db, Run, ServerProcess, TestDb, agent_token_file, cli, eventually, free_port,
-    header_of, http_get, http_request, postgres_admin_url, random_suffix, wait_converged,
-    workspace_bin,
+    header_of, http_get, http_request, postgres_admin_url, random_suffix, workspace_bin,
 };
 
 /// How a [`LocalFleet`] differs from the default.
@@ -132,6 +131,45 @@ impl CellDb {
             .unwrap_or_default();
         ids.sort_unstable();
         ids
+    }
+
+    /// Inserts `n` notes of `tenant` straight into the database (ids `base+1..=base+n`), as rows
+    /// a tenant had before anything watched them.
+    pub async fn seed_notes(&self, tenant: &str, n: i64, base: i64) {
+        let mut conn = self.connect().await;
+        sqlx::query(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < $1) \
+             INSERT INTO notes (id, tenant_id, body, created_at) \
+             SELECT $2 + x, $3, 'seeded note number ' || x, 0 FROM c",
+        )
+        .bind(n)
+        .bind(base)
+        .bind(tenant)
+        .execute(&mut conn)
+        .await
+        .expect("seed notes");
+    }
+
+    /// Changes a note behind every move's back (past a move's guard, outside its capture, like
+    /// a repair by hand): the agent's apply marker lets the write through the guard.
+    pub async fn tamper_note(&self, id: i64) -> bool {
+        use sqlx::Connection;
+        let mut conn = self.connect().await;
+        let mut tx = conn.begin().await.expect("begin");
+        let _ = sqlx::query("INSERT INTO cellfleet_applying (x) VALUES (1)")
+            .execute(&mut *tx)
+            .await;
+        let changed =
+            sqlx::query("UPDATE notes SET body = 'changed behind the move' WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map(|r| r.rows_affected())
+                .unwrap_or(0);
+        let _ = sqlx::query("DELETE FROM cellfleet_applying")
+            .execute(&mut *tx)
+            .await;
+        tx.commit().await.is_ok() && changed == 1
     }
 
     /// Names of the move machinery left in this cell: capture/guard triggers, captured changes.
@@ -376,7 +414,17 @@ impl LocalFleet {
     /// Waits until every cell's agent reports the cell's current desired state.
     pub fn wait_converged(&self) {
         for (cell, _, _) in &self.cells {
-            wait_converged(&self.server.url, &self.admin, cell);
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while !crate::converged(&self.server.url, &self.admin, cell) {
+                if std::time::Instant::now() > deadline {
+                    let seen = self.run(&["cell", "get", cell, "-o", "json"]).stdout;
+                    panic!(
+                        "{cell} did not converge on its desired state: {seen}\n{}",
+                        self.agent_logs()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     }
 

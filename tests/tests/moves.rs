@@ -441,3 +441,111 @@ async fn moves_through_envoy_deliver_held_and_refused_requests() {
     drop((envoy2, router2, envoy, router));
     fleet.check_invariants(&["acme"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_abort_and_a_failed_verification_leave_the_tenant_whole() {
+    let fleet = LocalFleet::start(&[("cell-a", 5), ("cell-b", 5)]).await;
+    fleet.apply_tenants(&[("acme", "")]);
+    let token = fleet.edge_token_file();
+    let (nginx, router) = nginx_edge(fleet.url(), &token, fleet.dir().join("router-cache"));
+    wait_router_live(&fleet, 1);
+    let home = fleet.cell_of("acme").unwrap_or_default();
+    let away = if home == "cell-a" { "cell-b" } else { "cell-a" };
+    let (home_db, away_db) = (
+        &fleet.cell_dbs[fleet.index_of(&home)],
+        &fleet.cell_dbs[fleet.index_of(away)],
+    );
+
+    // Rollback within the window: every write made at the target comes back to the source.
+    let writer = Writer::start(&nginx.url, "acme");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let id = fleet.start_move(&["acme", "--to", away, "--rollback-window", "10m"]);
+    let window = fleet.wait_move(&id, "rollback-window", Duration::from_secs(60));
+    assert_eq!(window["phase"], "rollback-window", "{window}");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let rollback = fleet.run(&["move", "rollback", &id]);
+    assert_eq!(rollback.code, 0, "{}", rollback.stderr);
+    let back = fleet.wait_move(&id, "rolled-back", Duration::from_secs(60));
+    assert_eq!(
+        back["phase"],
+        "rolled-back",
+        "{back}\n{}",
+        fleet.agent_logs()
+    );
+    assert_eq!(fleet.cell_of("acme").as_deref(), Some(home.as_str()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let written = writer.finish();
+    if !written.failed.is_empty() {
+        eprintln!("NGINX LOG: {}", nginx.error_log());
+    }
+    assert!(
+        written.served_by.iter().any(|c| c == away),
+        "writes were made at the target during the window: {:?}",
+        written.served_by
+    );
+    assert_every_write_landed_once(&written, &home_db.note_ids("acme").await);
+    wait_no_rows(&fleet, away, "acme").await;
+    // Over: neither rolled back again nor aborted.
+    for cmd in ["rollback", "abort"] {
+        let again = fleet.run(&["move", cmd, &id]);
+        assert_ne!(again.code, 0, "{cmd} of a finished move");
+        assert!(again.stderr.contains("rolled-back"), "{}", again.stderr);
+    }
+
+    // Abort during the bulk copy: the target drops its partial copy, the source keeps everything.
+    home_db.seed_notes("acme", 60_000, 1_000_000_000).await;
+    let before = home_db.note_ids("acme").await;
+    let id = fleet.start_move(&["acme", "--to", away]);
+    eventually(Duration::from_secs(60), "the copy is under way", || {
+        let m = fleet.move_status(&id);
+        m["phase"] == "copying" && m["progress"]["rowsCopied"].as_u64().unwrap_or(0) > 0
+    });
+    let abort = fleet.run(&["move", "abort", &id, "--reason", "changed my mind"]);
+    assert_eq!(abort.code, 0, "{}", abort.stderr);
+    let aborted = fleet.wait_move(&id, "aborted", Duration::from_secs(60));
+    eprintln!(
+        "aborted after {} rows: {}",
+        aborted["progress"]["rowsCopied"], aborted["note"]
+    );
+    assert_eq!(aborted["phase"], "aborted", "{aborted}");
+    assert!(
+        aborted["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("changed my mind")),
+        "{aborted}"
+    );
+    assert_eq!(fleet.cell_of("acme").as_deref(), Some(home.as_str()));
+    assert_eq!(
+        home_db.note_ids("acme").await,
+        before,
+        "the source is as it was"
+    );
+    wait_no_rows(&fleet, away, "acme").await;
+
+    // A row changed behind the move's back (at the target, past its guard) fails the checksum
+    // round: the route stays on the source and the move says which table differs.
+    let id = fleet.start_move(&["acme", "--to", away]);
+    let first = 1_000_000_001;
+    eventually(Duration::from_secs(60), "the first rows are copied", || {
+        futures_lite_block(away_db.note_ids("acme")).contains(&first)
+    });
+    assert!(away_db.tamper_note(first).await, "tampered with the copy");
+    let failed = fleet.wait_move(&id, "failed", Duration::from_secs(120));
+    assert_eq!(failed["phase"], "failed", "{failed}");
+    let note = failed["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("verification failed") && note.contains("notes"),
+        "{note}"
+    );
+    eprintln!("failed as it should: {note}");
+    assert_eq!(fleet.cell_of("acme").as_deref(), Some(home.as_str()));
+    wait_no_rows(&fleet, away, "acme").await;
+    assert_eq!(home_db.note_ids("acme").await, before);
+    drop((nginx, router));
+    fleet.check_invariants(&["acme"]).await;
+}
+
+/// Runs a future to completion from synchronous code inside a multi-thread runtime.
+fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}

@@ -163,6 +163,16 @@ impl RouterState {
         self.refresh_nginx_targets(&self.table());
     }
 
+    /// Notes that nginx is about to load upstream blocks for `kept` only (the others are gone
+    /// from its file, or changed): from now on those cells are named by address, which works
+    /// whichever configuration the worker that gets the request has.
+    pub fn nginx_unloading(&self, kept: &HashSet<String>) {
+        if let Ok(mut loaded) = self.inner.nginx_loaded.lock() {
+            loaded.retain(|c| kept.contains(c));
+        }
+        self.refresh_nginx_targets(&self.table());
+    }
+
     fn refresh_nginx_targets(&self, table: &RoutingTable) {
         let loaded = self
             .inner
@@ -733,6 +743,18 @@ async fn render_nginx_upstreams(
                 match wrote {
                     Ok(Ok(())) => {
                         tracing::info!(file = %cfg.file.display(), cells = cells.len(), "nginx upstreams written");
+                        // A cell whose block left the file (or changed) is not named any more,
+                        // even before nginx reloads: its address works with either config.
+                        let kept: HashSet<String> = written
+                            .as_ref()
+                            .map(|old| {
+                                old.iter()
+                                    .filter(|(c, a)| cells.get(*c) == Some(*a))
+                                    .map(|(c, _)| c.clone())
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        state.nginx_unloading(&kept);
                         written = Some(cells);
                         unloaded = true;
                     }
