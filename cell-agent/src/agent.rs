@@ -428,6 +428,14 @@ async fn report_loop(cp: ControlPlane, shared: Arc<Shared>, mut accepted: watch:
     // Nothing to say before the control plane has answered once.
     let _ = accepted.wait_for(|a| *a).await;
     let mut status = shared.status.subscribe();
+    // Nor before the first reconcile pass has looked at the cell: a restarted agent must not
+    // report "nothing applied, nothing running" for a moment (bounded: a cell whose pass
+    // finds nothing to change still reports, as a heartbeat).
+    let _ = tokio::time::timeout(
+        REPORT_EVERY,
+        status.wait_for(|s| *s != Reconciled::default()),
+    )
+    .await;
     let mut window = Window::new(HEALTH_WINDOW);
     let scraper = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))

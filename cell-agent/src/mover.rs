@@ -225,6 +225,9 @@ impl Worker {
         if t.cleanup {
             // The rows go first (past the guard, in batches), then the machinery.
             let deleted = db.delete_rows(tenant, &tables, 5_000).await?;
+            if deleted > 0 {
+                cellfleet_api::failpoints::hit("agent:rows-deleted");
+            }
             if deleted == 0 {
                 db.drop_triggers("cap", &self.id, &tables).await?;
                 db.drop_triggers("grd", &self.id, &tables).await?;
@@ -244,6 +247,7 @@ impl Worker {
         if t.capture && !captured {
             db.install_capture(&self.id, tenant, &tables).await?;
             tracing::info!(move_id = %self.id, %tenant, "change capture installed");
+            cellfleet_api::failpoints::hit("agent:capture-installed");
         } else if !t.capture && captured {
             db.drop_triggers("cap", &self.id, &tables).await?;
         }
@@ -268,12 +272,15 @@ impl Worker {
             }
             db.install_guard(&self.id, tenant, &tables).await?;
             tracing::info!(move_id = %self.id, %tenant, "fenced: the workload and the database refuse the tenant");
+            cellfleet_api::failpoints::hit("agent:fenced");
         } else if t.guard && !guarded {
             db.install_guard(&self.id, tenant, &tables).await?;
             tracing::info!(move_id = %self.id, %tenant, "write guard installed");
+            cellfleet_api::failpoints::hit("agent:guard-installed");
         } else if !t.guard && !t.fence && guarded {
             db.drop_triggers("grd", &self.id, &tables).await?;
             tracing::info!(move_id = %self.id, %tenant, "write guard dropped");
+            cellfleet_api::failpoints::hit("agent:guard-dropped");
         }
         let guarded = t.guard || t.fence;
         // What the workload may do with the tenant follows from this; report only once it has.
@@ -449,6 +456,7 @@ impl Worker {
         match self.cp.upload_chunk(&self.id, &chunk).await {
             Ok(pos) => {
                 self.up = Some((pos.last_seq, cursor));
+                cellfleet_api::failpoints::hit("agent:chunk-uploaded");
                 Ok(true)
             }
             Err(MoveCallError::Busy(_)) => {
@@ -482,6 +490,7 @@ impl Worker {
             }
             if !chunk.items.is_empty() {
                 db.apply_items(tenant, tables, &chunk.items).await?;
+                cellfleet_api::failpoints::hit("agent:chunk-applied");
             }
             let mismatches = match &chunk.verify {
                 Some(v) => {

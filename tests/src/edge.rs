@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{free_port, terminate};
+use crate::{ServerProcess, eventually, free_port, router_health, start_router, terminate};
 
 /// The nginx binary: on `PATH` or where Debian puts it. Missing nginx is a failed test, never a
 /// skipped one: `.ci/run` installs it (`apt-get install nginx`).
@@ -256,4 +256,40 @@ pub fn shipped_envoy_config(router: &str, cells: &[(String, String, u32)]) -> St
         ));
     }
     config
+}
+
+/// nginx with the shipped configuration in front of a router of its own (which writes nginx's
+/// upstreams and reloads it), the router following `control_plane` with the edge token in
+/// `token` and its table cache in `cache`. Returns once the router has synced.
+pub fn nginx_edge(
+    control_plane: &str,
+    token: &Path,
+    cache: &Path,
+) -> (NginxProcess, ServerProcess) {
+    let router_addr = format!("127.0.0.1:{}", free_port());
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let upstreams = dir.path().join("upstreams");
+    let pid_file = dir.path().join("nginx.pid");
+    let nginx = NginxProcess::start_in(
+        dir,
+        &shipped_nginx_config(&format!("http://{router_addr}"), &upstreams),
+    );
+    let upstreams_file = upstreams.join("upstreams.conf");
+    let reload = format!("kill -HUP $(cat {})", pid_file.display());
+    let router = start_router(
+        control_plane,
+        token,
+        cache,
+        &router_addr,
+        &[
+            "--nginx-upstreams",
+            upstreams_file.to_str().unwrap_or_default(),
+            "--nginx-reload-command",
+            &reload,
+        ],
+    );
+    eventually(Duration::from_secs(30), "the router syncs", || {
+        router_health(&router.url)["status"] == "ok"
+    });
+    (nginx, router)
 }

@@ -237,6 +237,8 @@ pub struct LocalFleet {
     pub cells: Vec<(String, String, u32)>,
     /// The cells (of `cells`) that are dedicated.
     pub dedicated: Vec<String>,
+    /// The extra `cellfleet serve` arguments (for restarts).
+    pub serve_args: Vec<String>,
     /// Each cell's agent (in the order of `cells`; `None` while a test has it stopped).
     pub agents: Vec<Option<AgentProcess>>,
     /// Each cell's database (in the order of `cells`; after the agents, which stop first).
@@ -274,6 +276,7 @@ impl LocalFleet {
     async fn start_with(cells: &[(&str, u32, u16)], options: &FleetOptions<'_>) -> LocalFleet {
         let db = TestDb::new(Db::Sqlite).await;
         let (server, admin) = ServerProcess::serve(&db, options.serve_args);
+        let serve_args: Vec<String> = options.serve_args.iter().map(|a| (*a).to_owned()).collect();
         let mut cell_dbs = Vec::new();
         for (name, _, _) in cells {
             cell_dbs.push(if options.postgres_cells {
@@ -296,6 +299,7 @@ impl LocalFleet {
                 })
                 .collect(),
             dedicated: options.dedicated.iter().map(|d| (*d).to_owned()).collect(),
+            serve_args,
             cell_dbs,
             agents: Vec::new(),
             db,
@@ -331,8 +335,63 @@ impl LocalFleet {
         &self.server.url
     }
 
+    /// Starts the control plane again (after it stopped or died) on the same registry and
+    /// address, with extra environment.
+    pub fn restart_server(&mut self, env: &[(&str, &str)]) {
+        self.server.halt();
+        let admin = self.admin.display().to_string();
+        let mut args = vec![
+            "serve",
+            "--database-url",
+            self.db.url.as_str(),
+            "--admin-token-file",
+            admin.as_str(),
+        ];
+        args.extend(self.serve_args.iter().map(String::as_str));
+        let listen = self.server.url.trim_start_matches("http://").to_owned();
+        self.server = ServerProcess::start_bin_env(
+            &crate::cellfleet_bin(),
+            &listen,
+            &args,
+            env,
+            "listening on",
+        );
+    }
+
+    /// Starts the agent of the `i`-th cell again (after it stopped or died), with extra
+    /// environment; returns once the new agent has reported its cell converged (its workload
+    /// is a new instance: an agent starts its workload afresh).
+    pub fn restart_agent(&mut self, i: usize, env: &[(&str, &str)]) {
+        let cell = self.cells[i].0.clone();
+        let instance = |fleet: &LocalFleet| {
+            fleet.run(&["cell", "get", &cell, "-o", "json"]).json()["workload"]["instance"]
+                .as_str()
+                .map(str::to_owned)
+        };
+        let before = instance(self);
+        if let Some(old) = self.agents[i].take() {
+            old.kill();
+        }
+        let agent = self.start_agent_env(i, env);
+        self.agents[i] = Some(agent);
+        eventually(
+            Duration::from_secs(60),
+            &format!("the restarted agent of {cell} reports"),
+            || {
+                let now = instance(self);
+                now.is_some()
+                    && now != before
+                    && crate::converged(&self.server.url, &self.admin, &cell)
+            },
+        );
+    }
+
     /// Starts the agent of the `i`-th cell (its token made on first start, then kept).
     pub fn start_agent(&self, i: usize) -> AgentProcess {
+        self.start_agent_env(i, &[])
+    }
+
+    fn start_agent_env(&self, i: usize, extra: &[(&str, &str)]) -> AgentProcess {
         let (cell, _, _) = &self.cells[i];
         let dir = self.dir().to_owned();
         let token = dir.join(format!("{cell}.token"));
@@ -342,7 +401,8 @@ impl LocalFleet {
             agent_token_file(&self.server.url, &self.admin, cell, &dir)
         };
         let env = self.cell_dbs[i].agent_env();
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        env.extend_from_slice(extra);
         AgentProcess::start_with_env(&self.server.url, &token, cell, &dir.join(cell), &env)
     }
 

@@ -16,7 +16,8 @@ mod edge;
 mod fleet;
 mod moves;
 pub use edge::{
-    EnvoyProcess, NginxProcess, envoy_bin, nginx_bin, shipped_envoy_config, shipped_nginx_config,
+    EnvoyProcess, NginxProcess, envoy_bin, nginx_bin, nginx_edge, shipped_envoy_config,
+    shipped_nginx_config,
 };
 pub use fleet::{
     CellDb, EdgeAnswer, FleetOptions, LocalFleet, quota_enforced, router_health, start_router,
@@ -135,7 +136,8 @@ pub fn cell_agent_bin() -> PathBuf {
 /// running cargo for the build lock, so a missing or stale binary is an error that says what to
 /// run instead of a silent test of old code.
 pub fn workspace_bin(name: &str) -> PathBuf {
-    workspace_bin_in("debug", name)
+    let profile = std::env::var("CELLFLEET_E2E_PROFILE").unwrap_or_else(|_| "debug".to_owned());
+    workspace_bin_in(&profile, name)
 }
 
 /// A binary of this workspace built with `profile` (`debug` or `release`); see [`workspace_bin`].
@@ -231,10 +233,22 @@ impl ServerProcess {
         args: &[&str],
         ready_line: &str,
     ) -> ServerProcess {
+        Self::start_bin_env(bin, listen, args, &[], ready_line)
+    }
+
+    /// [`ServerProcess::start_bin_at`] with extra environment (e.g. armed failpoints).
+    pub fn start_bin_env(
+        bin: &Path,
+        listen: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        ready_line: &str,
+    ) -> ServerProcess {
         let listen = listen.to_owned();
         let cwd = tempfile::tempdir().expect("working directory");
         let mut child = Command::new(bin)
             .current_dir(cwd.path())
+            .envs(env.iter().copied())
             .args(args)
             .args(["--listen", &listen])
             .stdout(Stdio::piped())
@@ -286,12 +300,34 @@ impl ServerProcess {
     pub fn halt(&mut self) {
         terminate(&mut self.child, Duration::from_secs(15));
     }
+
+    /// Waits up to `within` for the process to exit on its own; returns whether it did.
+    pub fn wait_exit(&mut self, within: Duration) -> bool {
+        wait_child(&mut self.child, within)
+    }
+
+    /// SIGKILL, now.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         terminate(&mut self.child, Duration::from_secs(15));
     }
+}
+
+fn wait_child(child: &mut Child, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }
 
 /// SIGTERM, wait up to `grace`, then SIGKILL.
@@ -478,6 +514,11 @@ impl AgentProcess {
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Waits up to `within` for the agent to exit on its own; returns whether it did.
+    pub fn wait_exit(&mut self, within: Duration) -> bool {
+        wait_child(&mut self.child, within)
     }
 }
 

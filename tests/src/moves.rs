@@ -33,7 +33,13 @@ pub struct Written {
 }
 
 impl Writer {
+    /// Writes back to back.
     pub fn start(edge: &str, tenant: &str) -> Writer {
+        Self::paced(edge, tenant, Duration::ZERO)
+    }
+
+    /// Writes with `pause` between writes (a steady trickle rather than a flood).
+    pub fn paced(edge: &str, tenant: &str, pause: Duration) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let (edge, tenant, flag) = (edge.to_owned(), tenant.to_owned(), stop.clone());
         let handle = std::thread::spawn(move || {
@@ -73,6 +79,7 @@ impl Writer {
                     )),
                     Err(e) => out.failed.push((0, None, e.to_string())),
                 }
+                std::thread::sleep(pause);
             }
             out
         });
@@ -252,7 +259,13 @@ impl LocalFleet {
         all.extend_from_slice(args);
         all.extend_from_slice(&["-o", "json"]);
         let run = self.run(&all);
-        assert_eq!(run.code, 0, "move start {args:?}: {}", run.stderr);
+        assert_eq!(
+            run.code,
+            0,
+            "move start {args:?}: {}\n{}",
+            run.stderr,
+            self.agent_logs()
+        );
         run.json()["move"]["id"]
             .as_str()
             .unwrap_or_else(|| panic!("no move in {}", run.stdout))

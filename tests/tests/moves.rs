@@ -12,40 +12,8 @@ use std::time::Duration;
 use cellfleet_e2e::{
     DualServeProbe, EnvoyProcess, FleetOptions, Forwarder, LocalFleet, NginxProcess, ServerProcess,
     Writer, assert_every_write_landed_once, eventually, free_port, http_get, http_request,
-    router_health, shipped_envoy_config, shipped_nginx_config, start_router, wait_no_rows,
-    wait_router_live,
+    nginx_edge, router_health, shipped_envoy_config, start_router, wait_no_rows, wait_router_live,
 };
-
-/// nginx with the shipped configuration in front of a router of its own (which writes nginx's
-/// upstreams and reloads it), the router following `control_plane`.
-fn nginx_edge(control_plane: &str, token: &Path, cache: PathBuf) -> (NginxProcess, ServerProcess) {
-    let router_addr = format!("127.0.0.1:{}", free_port());
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let upstreams = dir.path().join("upstreams");
-    let pid_file = dir.path().join("nginx.pid");
-    let nginx = NginxProcess::start_in(
-        dir,
-        &shipped_nginx_config(&format!("http://{router_addr}"), &upstreams),
-    );
-    let upstreams_file = upstreams.join("upstreams.conf");
-    let reload = format!("kill -HUP $(cat {})", pid_file.display());
-    let router = start_router(
-        control_plane,
-        token,
-        &cache,
-        &router_addr,
-        &[
-            "--nginx-upstreams",
-            upstreams_file.to_str().unwrap_or_default(),
-            "--nginx-reload-command",
-            &reload,
-        ],
-    );
-    eventually(Duration::from_secs(30), "the router syncs", || {
-        router_health(&router.url)["status"] == "ok"
-    });
-    (nginx, router)
-}
 
 /// How many requests `endpoint`'s workload refused as not placed there, so far (421, or the 307
 /// an edge that follows redirects asks for).
@@ -128,7 +96,7 @@ async fn three_moves_under_writes(
     .await;
     fleet.apply_tenants(&[("acme", ""), ("globex", "")]);
     let token = fleet.edge_token_file();
-    let (nginx, router) = nginx_edge(fleet.url(), &token, fleet.dir().join("router-cache"));
+    let (nginx, router) = nginx_edge(fleet.url(), &token, &fleet.dir().join("router-cache"));
     wait_router_live(&fleet, 1);
     let edge = nginx.url.clone();
     // A neighbour whose notes must not move.
@@ -225,7 +193,7 @@ async fn moves_through_nginx_lose_no_write_and_show_no_error() {
     // for; afterwards its stale route sends a write to the old cell, which refuses it, and nginx
     // delivers it once more through the router — which holds it until it has the new route.
     let forwarder = Forwarder::start(fleet.url());
-    let (nginx2, router2) = nginx_edge(&forwarder.url, &token, fleet.dir().join("router2-cache"));
+    let (nginx2, router2) = nginx_edge(&forwarder.url, &token, &fleet.dir().join("router2-cache"));
     wait_router_live(&fleet, 2);
     forwarder.pause();
     eventually(
@@ -279,6 +247,34 @@ async fn moves_through_nginx_lose_no_write_and_show_no_error() {
             .contains(&id),
         "the delivered write is at {back}"
     );
+
+    // Cut off again, and this time still cut off when the refused write comes back to it: the
+    // router holds it for its --hold, then nginx answers 503 + Retry-After (never a 401, nor a
+    // write at the old cell).
+    forwarder.pause();
+    eventually(
+        Duration::from_secs(30),
+        "the cut-off router is gone again",
+        || {
+            let routers = fleet.run(&["router", "list", "-o", "json"]).json();
+            routers
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r["status"] == "gone"))
+        },
+    );
+    move_and_check(&fleet, &before).await;
+    let (status, head, _) = http_request(
+        &nginx2.url,
+        "POST",
+        "/v1/notes",
+        &[("X-Tenant-Id", "acme")],
+        "{\"body\": \"too late\"}",
+    )
+    .unwrap_or_default();
+    assert_eq!(status, 503, "{head}\n{}", nginx2.error_log());
+    assert!(head.contains("x-cellfleet-reason: frozen"), "{head}");
+    assert!(head.contains("retry-after: 1"), "{head}");
+    forwarder.resume();
     drop((nginx2, router2, nginx, router));
     fleet.check_invariants(&["acme", "globex"]).await;
 }
@@ -447,7 +443,7 @@ async fn rollback_abort_and_a_failed_verification_leave_the_tenant_whole() {
     let fleet = LocalFleet::start(&[("cell-a", 5), ("cell-b", 5)]).await;
     fleet.apply_tenants(&[("acme", "")]);
     let token = fleet.edge_token_file();
-    let (nginx, router) = nginx_edge(fleet.url(), &token, fleet.dir().join("router-cache"));
+    let (nginx, router) = nginx_edge(fleet.url(), &token, &fleet.dir().join("router-cache"));
     wait_router_live(&fleet, 1);
     let home = fleet.cell_of("acme").unwrap_or_default();
     let away = if home == "cell-a" { "cell-b" } else { "cell-a" };

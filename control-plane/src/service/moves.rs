@@ -809,7 +809,9 @@ impl Registry {
             }
             let now = chrono::Utc::now();
             let body = serde_json::to_string(&chunk).unwrap_or_default();
-            store::put_chunk(&mut conn, id, dir, chunk.seq, &body, now).await?;
+            // The chunk and the stream's count of it commit together.
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            store::put_chunk(&mut tx, id, dir, chunk.seq, &body, now).await?;
             s.last_seq = chunk.seq;
             s.cursor = chunk.cursor.clone();
             s.bytes_copied += chunk.bytes;
@@ -824,10 +826,13 @@ impl Registry {
             }
             s.change_seq_sent = s.change_seq_sent.max(chunk.change_seq);
             let next = store::canonical(&s);
-            if store::cas_stream(&mut conn, id, dir, raw.as_deref(), &next, now).await? {
+            if store::cas_stream(&mut tx, id, dir, raw.as_deref(), &next, now).await? {
+                tx.commit().await?;
                 self.operations_changed();
+                cellfleet_api::failpoints::hit("cp:chunk-stored");
                 return Ok(position(&s));
             }
+            tx.rollback().await?;
         }
         Err(Error::Busy(format!(
             "move {id}: the stream is busy; send again"
@@ -850,18 +855,23 @@ impl Registry {
             )));
         }
         let (_, dir) = dirs(task.role);
-        let after = match after {
-            Some(a) => a.max(0),
-            None => stream_state(&mut conn, id, dir).await?.1.applied_seq,
-        };
-        store::chunks_after(&mut conn, id, dir, after, MAX_DOWNLOAD_CHUNKS)
-            .await?
-            .iter()
-            .map(|b| {
-                serde_json::from_str(b)
-                    .map_err(|e| Error::Store(store::corrupt(format!("chunk of {id}"), e)))
-            })
-            .collect()
+        let (_, stream) = stream_state(&mut conn, id, dir).await?;
+        let after = after.map_or(stream.applied_seq, |a| a.max(0));
+        // Only chunks the stream counts: a chunk stored by an upload whose stream update did not
+        // happen (a crash in between) is sent again, maybe different, under the same number.
+        let chunks: Vec<MoveChunk> =
+            store::chunks_after(&mut conn, id, dir, after, MAX_DOWNLOAD_CHUNKS)
+                .await?
+                .iter()
+                .map(|b| {
+                    serde_json::from_str(b)
+                        .map_err(|e| Error::Store(store::corrupt(format!("chunk of {id}"), e)))
+                })
+                .collect::<Result<_>>()?;
+        Ok(chunks
+            .into_iter()
+            .filter(|c| c.seq <= stream.last_seq)
+            .collect())
     }
 
     /// `cell` applied chunk `ack.seq` of the stream it applies (and how its checksums compared).
@@ -912,6 +922,7 @@ impl Registry {
             if store::cas_stream(&mut conn, id, dir, raw.as_deref(), &next, now).await? {
                 store::delete_chunks_upto(&mut conn, id, dir, ack.seq).await?;
                 self.operations_changed();
+                cellfleet_api::failpoints::hit("cp:chunk-acked");
                 return Ok(());
             }
         }
@@ -1165,6 +1176,14 @@ impl Registry {
         }
         self.commit(tx).await?;
         tracing::info!(move_id = %m.id, tenant = %m.spec.tenant, from = %m.phase, to = %phase, why, "move step");
+        // Crash tests: die right after a step is committed, before anything else happens.
+        let step = match (phase, state.rollback_step) {
+            (MovePhase::RollingBack, Some(s)) => {
+                format!("{phase}:{}", store::canonical(&s).trim_matches('"'))
+            }
+            _ => phase.to_string(),
+        };
+        cellfleet_api::failpoints::hit(&format!("cp:move:{step}"));
         Ok(())
     }
 

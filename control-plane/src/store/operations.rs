@@ -192,7 +192,8 @@ pub async fn claim_lease(
 
 // ---- move streams --------------------------------------------------------------------------
 
-/// Stores chunk `seq` of a stream (a second store of the same chunk is a no-op).
+/// Stores chunk `seq` of a stream, replacing one left by an upload whose stream update never
+/// happened (the stream only ever counts the chunk stored last under a number).
 pub async fn put_chunk(
     conn: &mut AnyConnection,
     move_id: &str,
@@ -204,7 +205,8 @@ pub async fn put_chunk(
     conn.execute(
         sqlx::query(
             "INSERT INTO move_chunks (move_id, dir, seq, body, created_at) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (move_id, dir, seq) DO NOTHING",
+             ON CONFLICT (move_id, dir, seq) DO UPDATE SET body = excluded.body, \
+             created_at = excluded.created_at",
         )
         .bind(move_id.to_owned())
         .bind(dir.to_owned())
