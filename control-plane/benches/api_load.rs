@@ -5,6 +5,11 @@
 //! tasks on the same runtime. PostgreSQL: a throwaway database on `CELLFLEET_TEST_POSTGRES_URL`
 //! (default `postgres://postgres@127.0.0.1:5432/postgres`).
 //!
+//! On PostgreSQL the mutations are measured again while 200 simulated agents (one per cell of
+//! their own, each with its own agent token) post heartbeat reports: every 10 s (the agents'
+//! cadence) and every 1 s (as 2,000 cells would), once with reports stored off the mutation lock
+//! (today) and once with every report taking it (as before; `Settings::reports_under_lock`).
+//!
 //! Run: `cargo bench -p cellfleet --bench api_load`
 
 // A panic in a test or benchmark is a failed assertion, not a crash on user input.
@@ -58,14 +63,54 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
         .min(sorted.len() - 1)]
 }
 
-async fn run(db: Db) -> anyhow::Result<()> {
+/// Simulated agents reporting during the mutations: how many, how often, and whether their
+/// reports take the mutation lock.
+#[derive(Debug, Clone, Copy)]
+struct Reporting {
+    agents: usize,
+    every: Duration,
+    under_lock: bool,
+}
+
+const AGENTS: usize = 200;
+
+fn agent_cells() -> String {
+    let mut out = String::new();
+    for i in 0..AGENTS {
+        out.push_str(&format!(
+            "---\napiVersion: cellfleet.io/v1\nkind: Cell\nmetadata: {{name: agent-c{i}}}\nspec: {{region: eu-west-1, kind: pooled, env: staging, capacity: 10}}\n"
+        ));
+    }
+    out
+}
+
+/// A heartbeat like a real agent's: health over its window, rows of a few tenants.
+fn heartbeat() -> serde_json::Value {
+    let rows: serde_json::Map<String, serde_json::Value> = (0..20)
+        .map(|t| (format!("tenant-{t}"), json!(1000 + t)))
+        .collect();
+    json!({
+        "observedGeneration": 1,
+        "release": "1.0.0",
+        "migrations": [],
+        "health": {"windowSeconds": 60, "requests": 1200, "errors": 0, "latencyP50Ms": 3.1, "latencyP99Ms": 18.4},
+        "tenantRows": rows,
+        "errors": [],
+        "isolationDrift": [],
+    })
+}
+
+async fn run(db: Db, reporting: Option<Reporting>) -> anyhow::Result<()> {
     let test_db = TestDb::new(db).await;
     let token_file = test_db.dir.path().join("admin.token");
     let server = Server::start(ServerConfig {
         database_url: test_db.url.clone(),
         listen: "127.0.0.1:0".into(),
         admin_token_file: Some(token_file.clone()),
-        settings: Settings::default(),
+        settings: Settings {
+            reports_under_lock: reporting.is_some_and(|r| r.under_lock),
+            ..Settings::default()
+        },
         max_body_bytes: 16 * 1024 * 1024,
         audit_key_file: Some(test_db.dir.path().join("audit.key")),
         audit_checkpoint_log: Some(test_db.dir.path().join("audit-checkpoints.jsonl")),
@@ -110,6 +155,49 @@ async fn run(db: Db) -> anyhow::Result<()> {
     };
     apply(fleet()).await?;
 
+    // 0. Simulated agents reporting in the background, staggered over their period.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut reporters = Vec::new();
+    if let Some(r) = reporting {
+        apply(agent_cells()).await?;
+        for i in 0..r.agents {
+            let created: serde_json::Value = http
+                .post(format!("{base}/v1/tokens"))
+                .bearer_auth(&token)
+                .json(&json!({"role": "agent", "cell": format!("agent-c{i}")}))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            let agent_token = created["token"].as_str().unwrap_or_default().to_owned();
+            let (http, base, stop) = (http.clone(), base.clone(), stop.clone());
+            let offset = r.every.mul_f64(i as f64 / r.agents as f64);
+            reporters.push(tokio::spawn(async move {
+                tokio::time::sleep(offset).await;
+                let mut tick = tokio::time::interval(r.every);
+                let mut latencies = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    tick.tick().await;
+                    let t = Instant::now();
+                    let resp = http
+                        .post(format!("{base}/v1/agent/report"))
+                        .bearer_auth(&agent_token)
+                        .json(&heartbeat())
+                        .send()
+                        .await?;
+                    let status = resp.status();
+                    let _ = resp.bytes().await?;
+                    anyhow::ensure!(status.is_success(), "report: {status}");
+                    latencies.push(t.elapsed());
+                }
+                Ok::<_, anyhow::Error>(latencies)
+            }));
+        }
+        // Every agent has reported once (its first report is audited, as a real agent's is).
+        tokio::time::sleep(r.every + Duration::from_millis(200)).await;
+    }
+
     // 1. Mutating API latency under 50 concurrent clients: create, suspend, resume.
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -143,6 +231,36 @@ async fn run(db: Db) -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     latencies.sort();
     let n = latencies.len();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut reports = Vec::new();
+    for r in reporters {
+        reports.extend(r.await??);
+    }
+    reports.sort();
+    if let Some(r) = reporting {
+        println!(
+            "| {db:?} | {n} mutations, {} clients; {} agents reporting every {} s, {} | p50 {:.1} ms | p99 {:.1} ms | max {:.1} ms | {:.0} req/s | {} reports: p99 {:.1} ms |",
+            clients(),
+            r.agents,
+            r.every.as_secs(),
+            if r.under_lock {
+                "reports under the lock (before)"
+            } else {
+                "reports off the lock (now)"
+            },
+            percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+            percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+            latencies[n - 1].as_secs_f64() * 1e3,
+            n as f64 / elapsed.as_secs_f64(),
+            reports.len(),
+            reports
+                .last()
+                .map_or(0.0, |_| percentile(&reports, 0.99).as_secs_f64() * 1e3),
+        );
+        let _ = stop_tx.send(());
+        serving.await??;
+        return Ok(());
+    }
 
     // 2. Onboarding through apply: one manifest of ONBOARD tenants.
     let mut manifest = String::new();
@@ -184,7 +302,18 @@ fn main() -> anyhow::Result<()> {
     println!("| backend | load | p50 | p99 | max | throughput | onboarding |");
     println!("|---|---|---|---|---|---|---|");
     rt.block_on(async {
-        run(Db::Sqlite).await?;
-        run(Db::Postgres).await
+        run(Db::Sqlite, None).await?;
+        run(Db::Postgres, None).await?;
+        for every in [10, 1] {
+            for under_lock in [true, false] {
+                let reporting = Reporting {
+                    agents: AGENTS,
+                    every: Duration::from_secs(every),
+                    under_lock,
+                };
+                run(Db::Postgres, Some(reporting)).await?;
+            }
+        }
+        Ok(())
     })
 }

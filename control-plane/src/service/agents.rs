@@ -198,7 +198,7 @@ impl Registry {
                 report.workload.as_ref().map(|w| w.state),
             )
         });
-        if !significant {
+        if !significant && !self.settings.reports_under_lock {
             store::put_report(&mut conn, cell, &report, chrono::Utc::now()).await?;
             return Ok(());
         }
@@ -206,18 +206,20 @@ impl Registry {
         let mut tx = self.store.begin(caller).await?;
         let now = tx.now;
         store::put_report(tx.conn(), cell, &report, now).await?;
-        tx.audit(
-            "cell.report",
-            &format!("cell/{cell}"),
-            json!({
-                "observedGeneration": report.observed_generation,
-                "release": report.release,
-                "migrations": report.migrations,
-                "errors": report.errors,
-                "isolationDrift": report.isolation_drift,
-                "workload": report.workload.as_ref().map(|w| w.state),
-            }),
-        );
+        if significant {
+            tx.audit(
+                "cell.report",
+                &format!("cell/{cell}"),
+                json!({
+                    "observedGeneration": report.observed_generation,
+                    "release": report.release,
+                    "migrations": report.migrations,
+                    "errors": report.errors,
+                    "isolationDrift": report.isolation_drift,
+                    "workload": report.workload.as_ref().map(|w| w.state),
+                }),
+            );
+        }
         self.commit(tx).await
     }
 }
