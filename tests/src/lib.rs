@@ -306,6 +306,11 @@ impl ServerProcess {
         wait_child(&mut self.child, within)
     }
 
+    /// The process id (for reading its memory from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL, now.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -514,6 +519,11 @@ impl AgentProcess {
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// The process id (for reading its memory from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Waits up to `within` for the agent to exit on its own; returns whether it did.

@@ -186,15 +186,17 @@ async fn moves_on_postgres_cells_with_rls_lose_no_write() {
     fleet.check_invariants(&["acme", "globex"]).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn moves_through_nginx_lose_no_write_and_show_no_error() {
-    let (fleet, token, nginx, router) = three_moves_under_writes(false).await;
-    // A second edge whose router is cut off from the control plane: reported gone, not waited
-    // for; afterwards its stale route sends a write to the old cell, which refuses it, and nginx
-    // delivers it once more through the router — which holds it until it has the new route.
-    let forwarder = Forwarder::start(fleet.url());
-    let (nginx2, router2) = nginx_edge(&forwarder.url, &token, &fleet.dir().join("router2-cache"));
-    wait_router_live(&fleet, 2);
+/// A router cut off from the control plane (behind `forwarder`) is reported gone and not waited
+/// for: acme moves to the other cell. Then a write sent through that router's edge (`edge`)
+/// follows the stale route to the old cell, which refuses it before applying it; the edge asks
+/// the router again, which holds the request until the forwarder lets the new route through, and
+/// the write lands once, at the new cell.
+async fn a_stale_route_is_delivered_once_more(
+    fleet: &LocalFleet,
+    forwarder: &Forwarder,
+    edge: &str,
+    edge_log: &dyn Fn() -> String,
+) {
     forwarder.pause();
     eventually(
         Duration::from_secs(30),
@@ -212,12 +214,12 @@ async fn moves_through_nginx_lose_no_write_and_show_no_error() {
     } else {
         "cell-a"
     };
-    move_and_check(&fleet, back).await;
+    move_and_check(fleet, back).await;
     let refused_before = refused_not_here(&fleet.endpoint_of(&before));
-    let edge2 = nginx2.url.clone();
+    let edge = edge.to_owned();
     let late = std::thread::spawn(move || {
         http_request(
-            &edge2,
+            &edge,
             "POST",
             "/v1/notes",
             &[("X-Tenant-Id", "acme")],
@@ -230,7 +232,7 @@ async fn moves_through_nginx_lose_no_write_and_show_no_error() {
         .join()
         .unwrap_or_else(|_| panic!("late writer"))
         .unwrap_or_default();
-    assert_eq!(status, 201, "{head}{body}\n{}", nginx2.error_log());
+    assert_eq!(status, 201, "{head}{body}\n{}", edge_log());
     assert!(head.contains(&format!("x-served-by: {back}")), "{head}");
     assert!(
         refused_not_here(&fleet.endpoint_of(&before)) > refused_before,
@@ -247,6 +249,20 @@ async fn moves_through_nginx_lose_no_write_and_show_no_error() {
             .contains(&id),
         "the delivered write is at {back}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_through_nginx_lose_no_write_and_show_no_error() {
+    let (fleet, token, nginx, router) = three_moves_under_writes(false).await;
+    // A second edge whose router is cut off from the control plane: reported gone, not waited
+    // for; afterwards its stale route sends a write to the old cell, which refuses it, and nginx
+    // delivers it once more through the router — which holds it until it has the new route.
+    let forwarder = Forwarder::start(fleet.url());
+    let (nginx2, router2) = nginx_edge(&forwarder.url, &token, &fleet.dir().join("router2-cache"));
+    wait_router_live(&fleet, 2);
+    let before = fleet.cell_of("acme").unwrap_or_default();
+    a_stale_route_is_delivered_once_more(&fleet, &forwarder, &nginx2.url, &|| nginx2.error_log())
+        .await;
 
     // Cut off again, and this time still cut off when the refused write comes back to it: the
     // router holds it for its --hold, then nginx answers 503 + Retry-After (never a 401, nor a
@@ -345,51 +361,7 @@ async fn moves_through_envoy_deliver_held_and_refused_requests() {
     let (envoy2, router2) =
         envoy_edge(&fleet, &forwarder.url, &token, fleet.dir().join("r2"), "5s");
     wait_router_live(&fleet, 2);
-    forwarder.pause();
-    eventually(
-        Duration::from_secs(30),
-        "the cut-off router is gone",
-        || {
-            let routers = fleet.run(&["router", "list", "-o", "json"]).json();
-            routers
-                .as_array()
-                .is_some_and(|r| r.iter().any(|r| r["status"] == "gone"))
-        },
-    );
-    move_and_check(&fleet, &start).await;
-    let refused_before = refused_not_here(&fleet.endpoint_of(other));
-    let edge2 = envoy2.url.clone();
-    let late = std::thread::spawn(move || {
-        http_request(
-            &edge2,
-            "POST",
-            "/v1/notes",
-            &[("X-Tenant-Id", "acme")],
-            "{\"body\": \"late\"}",
-        )
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    forwarder.resume();
-    let (status, head, body) = late
-        .join()
-        .unwrap_or_else(|_| panic!("late writer"))
-        .unwrap_or_default();
-    assert_eq!(status, 201, "{head}{body}\n{}", envoy2.log());
-    assert!(head.contains(&format!("x-served-by: {start}")), "{head}");
-    assert!(
-        refused_not_here(&fleet.endpoint_of(other)) > refused_before,
-        "the stale route reached {other} first (and was refused there)"
-    );
-    let id = serde_json::from_str::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["id"].as_i64())
-        .unwrap_or_default();
-    assert!(
-        fleet.cell_dbs[fleet.index_of(&start)]
-            .note_ids("acme")
-            .await
-            .contains(&id)
-    );
+    a_stale_route_is_delivered_once_more(&fleet, &forwarder, &envoy2.url, &|| envoy2.log()).await;
 
     // A live router that stops answering holds a cut-over up to --router-ack-timeout; meanwhile
     // the first router holds the tenant's requests up to its --hold (2 s, within Envoy's 6 s
