@@ -22,8 +22,14 @@ pub enum MoveCommand {
     },
     /// One move: phase, progress, cut-overs.
     Status { id: String },
-    /// Follow a move live until it ends (progress bars; -o json: one JSON line per change).
-    Watch { id: String },
+    /// Follow a move live until its cut-over is done and only its rollback window remains, or it
+    /// ends (progress bars; -o json: one JSON line per change).
+    Watch {
+        id: String,
+        /// Keep following through the rollback window, until the move ends.
+        #[arg(long)]
+        to_end: bool,
+    },
     /// Abort a move before its cut-over (the tenant stays where it is).
     Abort {
         id: String,
@@ -51,9 +57,12 @@ pub struct StartArgs {
     /// Show the plan and change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Follow the move until it ends.
+    /// Follow the move until its cut-over is done (see `move watch`).
     #[arg(long)]
     pub watch: bool,
+    /// With --watch: keep following through the rollback window, until the move ends.
+    #[arg(long)]
+    pub to_end: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,7 +87,7 @@ pub async fn run(client: &Client, format: Format, cmd: MoveCommand) -> anyhow::R
             let started: MoveStarted = client.post("/v1/moves", &req).await?;
             show(format, &started, plan)?;
             if let (true, Some(m)) = (a.watch, &started.started) {
-                return watch(client, format, &m.id).await;
+                return watch(client, format, &m.id, a.to_end).await;
             }
         }
         MoveCommand::List { all } => {
@@ -90,7 +99,7 @@ pub async fn run(client: &Client, format: Format, cmd: MoveCommand) -> anyhow::R
             let m: MoveView = client.get(&format!("/v1/moves/{id}")).await?;
             show(format, &m, status)?
         }
-        MoveCommand::Watch { id } => return watch(client, format, &id).await,
+        MoveCommand::Watch { id, to_end } => return watch(client, format, &id, to_end).await,
         MoveCommand::Abort { id, reason } => {
             let m: MoveView = client
                 .post(
@@ -240,9 +249,11 @@ fn status(m: &MoveView) -> String {
     out
 }
 
-/// Follows a move until it ends: progress bars for people, a JSON line per change for scripts.
-/// Exits 0 when it is done, 1 when it failed, was aborted or was rolled back.
-async fn watch(client: &Client, format: Format, id: &str) -> anyhow::Result<i32> {
+/// Follows a move until it ends — or, unless `to_end`, until its cut-over is done and it only
+/// waits out its rollback window (which may be an hour): progress bars for people, a JSON line
+/// per change for scripts. Exits 0 when it is done (or in its window), 1 when it failed, was
+/// aborted or was rolled back.
+async fn watch(client: &Client, format: Format, id: &str, to_end: bool) -> anyhow::Result<i32> {
     use indicatif::{ProgressBar, ProgressStyle};
     // Bars on a terminal; elsewhere (a log, a pipe) a line per phase or note change.
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -326,6 +337,31 @@ async fn watch(client: &Client, format: Format, id: &str) -> anyhow::Result<i32>
                 ));
             }
             return Ok(if m.phase == MovePhase::Done { 0 } else { 1 });
+        }
+        if m.phase == MovePhase::RollbackWindow && !to_end {
+            if let Some((_, copy, phase)) = &bars {
+                copy.finish();
+                phase.finish_with_message(m.phase.to_string());
+            }
+            if format == Format::Table {
+                eprintln!(
+                    "{}/{} is served by {}{}. Until {} `cellfleet move rollback {}` takes it back to {} with every write; then the move cleans {} up by itself (`cellfleet move watch {} --to-end` follows it).",
+                    m.tenant,
+                    m.env,
+                    m.target,
+                    last_pause(&m)
+                        .map(|p| format!(" (write pause {p} ms)"))
+                        .unwrap_or_default(),
+                    m.rollback_until.map_or("the window closes".into(), |t| t
+                        .format("%Y-%m-%d %H:%M:%S UTC")
+                        .to_string()),
+                    m.id,
+                    m.source,
+                    m.source,
+                    m.id,
+                );
+            }
+            return Ok(0);
         }
         last = Some(m);
         tokio::time::sleep(Duration::from_millis(300)).await;

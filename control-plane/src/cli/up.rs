@@ -254,6 +254,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             "  curl -H 'X-Tenant-Id: acme' -d '{{\"body\":\"hello\"}}' {endpoint}/v1/notes   # served by acme's cell"
         );
         println!("  curl -H 'X-Tenant-Id: acme' {endpoint}/v1/notes");
+        println!(
+            "  cellfleet move start acme --to dedicated --watch   # a cell of its own, writes kept"
+        );
     }
     println!("  cellfleet audit verify");
     println!();
