@@ -107,6 +107,10 @@ struct Worker {
     side: MoveSideReport,
     side_sent: Option<(MoveSideReport, Instant)>,
     achieved: Option<Achieved>,
+    /// While data flows: the task the last full pass made true, its tables, and when. Passes
+    /// for the same task within [`SIDE_EVERY`] only move data (the checks of a full pass cost
+    /// more than a chunk does).
+    flowing: Option<(MoveTask, Vec<TenantTable>, Instant)>,
 }
 
 async fn work(
@@ -124,6 +128,7 @@ async fn work(
         side: MoveSideReport::default(),
         side_sent: None,
         achieved: None,
+        flowing: None,
     };
     let mut backoff = IDLE;
     loop {
@@ -213,6 +218,38 @@ impl Worker {
 
     /// One pass over the task. Returns whether there is more to do at once.
     async fn pass(&mut self, t: &MoveTask) -> Result<bool, PassError> {
+        if let Some((task, tables, at)) = self.flowing.take()
+            && task == *t
+            && at.elapsed() < SIDE_EVERY
+        {
+            let busy = self.move_data(t, &tables).await?;
+            if busy {
+                self.flowing = Some((task, tables, at));
+            }
+            return Ok(busy);
+        }
+        let busy = self.full_pass(t).await?;
+        Ok(busy)
+    }
+
+    /// Ships and applies what there is (the task's standing orders already hold).
+    async fn move_data(&mut self, t: &MoveTask, tables: &[TenantTable]) -> Result<bool, PassError> {
+        let mut busy = false;
+        if t.ship && t.capture {
+            busy |= self.ship(t, tables).await?;
+        } else {
+            self.up = None;
+        }
+        if t.apply {
+            busy |= self.apply(t, tables).await?;
+        } else {
+            self.applied = None;
+        }
+        Ok(busy)
+    }
+
+    /// Makes every standing order of the task true, reports this side, then moves data.
+    async fn full_pass(&mut self, t: &MoveTask) -> Result<bool, PassError> {
         let shared = self.shared.clone();
         let db = shared.db().await?;
         db.ensure_move_tables().await?;
@@ -316,16 +353,9 @@ impl Worker {
         }
         self.send_side().await?;
 
-        let mut busy = false;
-        if t.ship && t.capture {
-            busy |= self.ship(t, &tables).await?;
-        } else {
-            self.up = None;
-        }
-        if t.apply {
-            busy |= self.apply(t, &tables).await?;
-        } else {
-            self.applied = None;
+        let busy = self.move_data(t, &tables).await?;
+        if busy {
+            self.flowing = Some((t.clone(), tables, Instant::now()));
         }
         Ok(busy)
     }
@@ -360,6 +390,10 @@ impl Worker {
         let shared = self.shared.clone();
         let db = shared.db().await?;
         let tenant = t.tenant.as_str();
+        // A table's copy, or a full checksum round, scans the tenant's rows page by page.
+        if (!cursor.copied && cursor.after.is_none()) || t.verify_round > cursor.round {
+            db.refresh_stats(tables).await?;
+        }
         let mut snap = db.snapshot().await?;
         let mut chunk = MoveChunk {
             seq: last_seq + 1,
@@ -376,14 +410,22 @@ impl Worker {
                     let rows = db
                         .read_rows(&mut snap, tenant, table, cursor.after.as_ref(), CHUNK_ROWS)
                         .await?;
-                    match rows.last() {
+                    // At most about CHUNK_BYTES of rows (at least one), however wide they are.
+                    let mut size = 0;
+                    let mut items = Vec::new();
+                    for (pk, row) in rows {
+                        let item = serde_json::json!({"table": table.name, "pk": pk, "row": row});
+                        size += item.to_string().len();
+                        items.push((pk, item));
+                        if size > CHUNK_BYTES {
+                            break;
+                        }
+                    }
+                    match items.last() {
                         Some((pk, _)) => {
                             cursor.after = Some(pk.clone());
                             chunk.kind = "copy".into();
-                            chunk.items = rows
-                                .into_iter()
-                                .map(|(pk, row)| serde_json::json!({"table": table.name, "pk": pk, "row": row}))
-                                .collect();
+                            chunk.items = items.into_iter().map(|(_, item)| item).collect();
                         }
                         None => {
                             cursor.table += 1;
@@ -494,6 +536,9 @@ impl Worker {
             }
             let mismatches = match &chunk.verify {
                 Some(v) => {
+                    if v.pks.is_none() {
+                        db.refresh_stats(tables).await?;
+                    }
                     let mut conn = db.snapshot().await?;
                     let here = db
                         .checksums(&mut conn, tenant, tables, v.pks.as_ref())

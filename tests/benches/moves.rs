@@ -87,6 +87,8 @@ struct Measured {
     copy_secs: f64,
     rows: u64,
     pause_ms: u64,
+    /// Each cut-over attempt's outcome.
+    cutovers: Vec<String>,
 }
 
 /// Moves `tenant` to the other cell and waits for it to end; the copy is timed from the move's
@@ -122,6 +124,14 @@ fn timed_move(fleet: &LocalFleet, tenant: &str) -> Measured {
         copy_secs: copied_at.unwrap_or_default().as_secs_f64(),
         rows: view["progress"]["rowsCopied"].as_u64().unwrap_or(0),
         pause_ms,
+        cutovers: view["cutovers"]
+            .as_array()
+            .map(|c| {
+                c.iter()
+                    .map(|a| a["outcome"].as_str().unwrap_or("?").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 
@@ -144,15 +154,16 @@ async fn bench() {
     let mut failed = 0;
 
     println!(
-        "| tenant rows | move bulk copy | raw COPY pipe | move / pipe | peak RSS control plane | peak RSS source agent | peak RSS target agent | pause |"
+        "| tenant rows | move bulk copy | raw COPY pipe | move / pipe | peak RSS control plane | peak RSS source agent | peak RSS target agent | pause | cut-overs |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
-    for (tenant, rows) in [("big-100k", 100_000_i64), ("big-1m", 1_000_000)] {
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (tenant, rows, ids) in [
+        ("big-100k", 100_000_i64, 3_000_000_000_i64),
+        ("big-1m", 1_000_000, 5_000_000_000),
+    ] {
         let from = fleet.cell_of(tenant).unwrap();
         let (si, ti) = (fleet.index_of(&from), fleet.index_of(other(&from)));
-        fleet.cell_dbs[si]
-            .seed_notes(tenant, rows, 3_000_000_000)
-            .await;
+        fleet.cell_dbs[si].seed_notes(tenant, rows, ids).await;
         let pipe = raw_pipe(&fleet, tenant, si, ti, rows).await;
         // Fresh processes: their high-water marks are this move's.
         fleet.restart_server(&[]);
@@ -164,6 +175,9 @@ async fn bench() {
         let m = timed_move(&fleet, tenant);
         let written = writer.finish();
         failed += written.failed.len();
+        for f in &written.failed {
+            eprintln!("a write failed during the {tenant} move: {f:?}");
+        }
         let pids = (
             fleet.server.pid(),
             fleet.agents[si].as_ref().map_or(0, |a| a.pid()),
@@ -171,13 +185,14 @@ async fn bench() {
         );
         let rate = m.rows as f64 / m.copy_secs;
         println!(
-            "| {rows} | {rate:.0} rows/s ({:.1} s) | {pipe:.0} rows/s | {:.2}× | {:.1} MiB | {:.1} MiB | {:.1} MiB | {} ms |",
+            "| {rows} | {rate:.0} rows/s ({:.1} s) | {pipe:.0} rows/s | {:.2}× | {:.1} MiB | {:.1} MiB | {:.1} MiB | {} ms | {} |",
             m.copy_secs,
             rate / pipe,
             peak_mib(pids.0),
             peak_mib(pids.1),
             peak_mib(pids.2),
             m.pause_ms,
+            m.cutovers.join(", "),
         );
         pauses.push(m.pause_ms);
         wait_no_rows(&fleet, &from, tenant).await;
@@ -185,22 +200,28 @@ async fn bench() {
 
     let home = fleet.cell_of("steady").unwrap();
     fleet.cell_dbs[fleet.index_of(&home)]
-        .seed_notes("steady", 10_000, 4_000_000_000)
+        .seed_notes("steady", 10_000, 7_000_000_000)
         .await;
     let writer = Writer::paced(&nginx.url, "steady", Duration::from_millis(10));
     std::thread::sleep(Duration::from_millis(300));
     let mut small = Vec::new();
+    let mut attempts = 0;
     for _ in 0..PAUSE_MOVES {
-        small.push(timed_move(&fleet, "steady").pause_ms);
+        let m = timed_move(&fleet, "steady");
+        attempts += m.cutovers.len();
+        small.push(m.pause_ms);
     }
     let written = writer.finish();
     failed += written.failed.len();
+    for f in &written.failed {
+        eprintln!("a write failed during the 10k-row moves: {f:?}");
+    }
     pauses.extend(&small);
     pauses.sort_unstable();
     small.sort_unstable();
     println!();
     println!(
-        "Write pause over {} moves with writes running ({PAUSE_MOVES} of a 10k-row tenant: p50 {} ms, p99 {} ms): p50 {} ms, p99 {} ms, max {} ms; {} writes acknowledged during the 10k-row moves, {failed} writes failed in all",
+        "Write pause over {} moves with writes running ({PAUSE_MOVES} of a 10k-row tenant: p50 {} ms, p99 {} ms): p50 {} ms, p99 {} ms, max {} ms; {attempts} cut-over attempts for the {PAUSE_MOVES} moves; {} writes acknowledged during the 10k-row moves, {failed} writes failed in all",
         pauses.len(),
         percentile(&small, 0.5),
         percentile(&small, 0.99),
