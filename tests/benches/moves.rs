@@ -135,6 +135,42 @@ fn timed_move(fleet: &LocalFleet, tenant: &str) -> Measured {
     }
 }
 
+/// The move's phases from the audit log, each with the milliseconds since the one before.
+fn timeline(fleet: &LocalFleet, tenant: &str) -> String {
+    let records = fleet
+        .run(&[
+            "audit",
+            "list",
+            "--target",
+            &format!("tenant/{tenant}/prod"),
+            "--limit",
+            "100",
+            "-o",
+            "json",
+        ])
+        .json();
+    let mut steps: Vec<(String, chrono::DateTime<chrono::Utc>)> = records
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter_map(|r| {
+                    Some((
+                        r["action"].as_str()?.to_owned(),
+                        r["at"].as_str()?.parse().ok()?,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    steps.sort_by_key(|(_, at)| *at);
+    let mut out = Vec::new();
+    for pair in steps.windows(2) {
+        let ms = (pair[1].1 - pair[0].1).num_milliseconds();
+        out.push(format!("{} +{ms} ms", pair[1].0));
+    }
+    out.join(" → ")
+}
+
 async fn bench() {
     let mut fleet = LocalFleet::start_opts(
         &[("cell-a", 10), ("cell-b", 10)],
@@ -195,6 +231,7 @@ async fn bench() {
             m.cutovers.join(", "),
         );
         pauses.push(m.pause_ms);
+        eprintln!("{tenant}: {}", timeline(&fleet, tenant));
         wait_no_rows(&fleet, &from, tenant).await;
     }
 
