@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use cellfleet_api::{
     AgentReport, AppliedMigration, CellKind, CellTenant, CellTenants, DesiredState, MoveRole,
-    TenantId, WorkloadStatus,
+    MoveTask, TenantId, WorkloadStatus,
 };
 use tokio::sync::{Notify, OnceCell, watch};
 
@@ -398,13 +398,7 @@ fn cell_tenants(
         let mut held = false;
         for m in tasks {
             fenced |= m.fence;
-            held |= match achieved.get(&m.id) {
-                None => true,
-                Some(a) => {
-                    (m.role == MoveRole::Target && m.capture && !a.capture)
-                        || (!m.guard && !m.fence && a.guard)
-                }
-            };
+            held |= holds_back(m, achieved.get(&m.id));
         }
         if held && !fenced {
             continue;
@@ -419,6 +413,24 @@ fn cell_tenants(
         generation: state.generation,
         epoch,
         tenants,
+    }
+}
+
+/// Whether move task `m` keeps its tenant out of the workload's set for now, given what its
+/// worker has made true in the database (`None`: nothing yet, say just after a start).
+///
+/// A cell taking the tenant over waits for its capture (a target) or for its guard to be gone.
+/// A source that is capturing — before the cut-over — keeps serving while its worker sets up:
+/// a write before capture is installed is in the copy, which starts only after. (Holding it
+/// back would refuse the tenant on the cell its route names for as long as the set-up takes;
+/// at a million rows that outlasted the router's hold, and a client got 503.)
+fn holds_back(m: &MoveTask, achieved: Option<&Achieved>) -> bool {
+    match achieved {
+        None => !(m.role == MoveRole::Source && m.capture),
+        Some(a) => {
+            (m.role == MoveRole::Target && m.capture && !a.capture)
+                || (!m.guard && !m.fence && a.guard)
+        }
     }
 }
 
@@ -550,5 +562,71 @@ async fn sleep_until(at: Option<std::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(role: MoveRole) -> MoveTask {
+        MoveTask {
+            id: "mv_1".into(),
+            tenant: "acme".parse().unwrap_or_else(|e| panic!("{e}")),
+            env: "prod".parse().unwrap_or_else(|e| panic!("{e}")),
+            role,
+            peer: "cell-b".parse().unwrap_or_else(|e| panic!("{e}")),
+            capture: false,
+            ship: false,
+            apply: false,
+            fence: false,
+            guard: false,
+            cleanup: false,
+            verify_round: 0,
+            verified_upto: 0,
+        }
+    }
+
+    #[test]
+    fn a_source_keeps_serving_while_its_move_sets_up_and_a_taker_waits() {
+        let capturing_source = MoveTask {
+            capture: true,
+            ship: true,
+            ..task(MoveRole::Source)
+        };
+        assert!(!holds_back(&capturing_source, None));
+        assert!(!holds_back(
+            &capturing_source,
+            Some(&Achieved {
+                capture: true,
+                guard: false
+            })
+        ));
+        // The target taking the tenant at the cut-over: not before its capture is in.
+        let taking_target = MoveTask {
+            capture: true,
+            ship: true,
+            ..task(MoveRole::Target)
+        };
+        assert!(holds_back(&taking_target, None));
+        assert!(holds_back(&taking_target, Some(&Achieved::default())));
+        assert!(!holds_back(
+            &taking_target,
+            Some(&Achieved {
+                capture: true,
+                guard: false
+            })
+        ));
+        // A source taking the tenant back (a rollback's flip): not while its guard may be in.
+        let taking_back = task(MoveRole::Source);
+        assert!(holds_back(&taking_back, None));
+        assert!(holds_back(
+            &taking_back,
+            Some(&Achieved {
+                capture: false,
+                guard: true
+            })
+        ));
+        assert!(!holds_back(&taking_back, Some(&Achieved::default())));
     }
 }

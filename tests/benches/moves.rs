@@ -164,6 +164,9 @@ fn timeline(fleet: &LocalFleet, tenant: &str) -> String {
         .unwrap_or_default();
     steps.sort_by_key(|(_, at)| *at);
     let mut out = Vec::new();
+    if let Some((action, at)) = steps.first() {
+        out.push(format!("{action} at {}", at.format("%H:%M:%S%.3f")));
+    }
     for pair in steps.windows(2) {
         let ms = (pair[1].1 - pair[0].1).num_milliseconds();
         out.push(format!("{} +{ms} ms", pair[1].0));
@@ -211,8 +214,14 @@ async fn bench() {
         let m = timed_move(&fleet, tenant);
         let written = writer.finish();
         failed += written.failed.len();
-        for f in &written.failed {
-            eprintln!("a write failed during the {tenant} move: {f:?}");
+        for (f, (sent, took)) in written.failed.iter().zip(&written.failed_at) {
+            let sent: chrono::DateTime<chrono::Utc> = (*sent).into();
+            eprintln!(
+                "a write sent at {} failed after {took:?} during the {tenant} move: {} {:?}",
+                sent.format("%H:%M:%S%.3f"),
+                f.0,
+                f.1
+            );
         }
         let pids = (
             fleet.server.pid(),

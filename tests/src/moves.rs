@@ -30,6 +30,8 @@ pub struct Written {
     pub served_by: Vec<String>,
     /// The slowest acknowledged write.
     pub slowest: Duration,
+    /// When each of `failed` was sent, and how long its answer took (same order).
+    pub failed_at: Vec<(std::time::SystemTime, Duration)>,
 }
 
 impl Writer {
@@ -49,6 +51,8 @@ impl Writer {
                 n += 1;
                 let body = format!("{{\"body\": \"w{n}\"}}");
                 let started = Instant::now();
+                let sent = std::time::SystemTime::now();
+                let failures = out.failed.len();
                 let answer = http_request(
                     &edge,
                     "POST",
@@ -78,6 +82,9 @@ impl Writer {
                         text,
                     )),
                     Err(e) => out.failed.push((0, None, e.to_string())),
+                }
+                if out.failed.len() > failures {
+                    out.failed_at.push((sent, started.elapsed()));
                 }
                 std::thread::sleep(pause);
             }
