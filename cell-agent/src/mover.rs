@@ -111,6 +111,8 @@ struct Worker {
     /// for the same task within [`SIDE_EVERY`] only move data (the checks of a full pass cost
     /// more than a chunk does).
     flowing: Option<(MoveTask, Vec<TenantTable>, Instant)>,
+    /// The checksum round the tables were last analyzed for (once per round, not per pass).
+    analyzed_round: u32,
 }
 
 async fn work(
@@ -129,6 +131,7 @@ async fn work(
         side_sent: None,
         achieved: None,
         flowing: None,
+        analyzed_round: 0,
     };
     let mut backoff = IDLE;
     loop {
@@ -391,8 +394,15 @@ impl Worker {
         let db = shared.db().await?;
         let tenant = t.tenant.as_str();
         // A table's copy, or a full checksum round, scans the tenant's rows page by page.
-        if (!cursor.copied && cursor.after.is_none()) || t.verify_round > cursor.round {
+        if !cursor.copied
+            && cursor.after.is_none()
+            && let Some(table) = tables.get(cursor.table)
+        {
+            db.refresh_stats(std::slice::from_ref(table)).await?;
+        }
+        if t.verify_round > cursor.round && t.verify_round > self.analyzed_round {
             db.refresh_stats(tables).await?;
+            self.analyzed_round = t.verify_round;
         }
         let mut snap = db.snapshot().await?;
         let mut chunk = MoveChunk {

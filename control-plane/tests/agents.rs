@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use cellfleet::lifecycle::Transition;
 use cellfleet::service::Error;
-use cellfleet_api::{AgentReport, AppliedMigration, CellName, TenantId, TenantState};
+use cellfleet_api::{AgentReport, CellName, TenantId, TenantState};
 use support::*;
 
 fn cell(s: &str) -> CellName {
@@ -169,16 +169,7 @@ both_backends!(
         let report = AgentReport {
             observed_generation: desired,
             release: Some("1.0.0".into()),
-            migrations: vec![
-                AppliedMigration {
-                    version: 1,
-                    checksum: "ab".repeat(32),
-                },
-                AppliedMigration {
-                    version: 2,
-                    checksum: "cd".repeat(32),
-                },
-            ],
+            migrations: two_migrations(),
             ..AgentReport::default()
         };
         t.registry.report(&c, &euw1, report.clone()).await.unwrap();

@@ -40,16 +40,7 @@ async fn report_migrations(t: &TestRegistry, unmovable: &[(&str, &str)]) {
     for c in ["euw1-pool-1", "euc1-pool-1", "use1-pool-1", "euw1-ded-1"] {
         let report = AgentReport {
             observed_generation: 1,
-            migrations: vec![
-                AppliedMigration {
-                    version: 1,
-                    checksum: "ab".repeat(32),
-                },
-                AppliedMigration {
-                    version: 2,
-                    checksum: "cd".repeat(32),
-                },
-            ],
+            migrations: two_migrations(),
             unmovable: unmovable
                 .iter()
                 .filter(|(cell, _)| *cell == c)

@@ -115,6 +115,17 @@ metadata: {name: euw1-ded-1}
 spec: {region: eu-west-1, kind: dedicated, env: prod}
 "#;
 
+/// The example workload's two migrations, as an agent reports them applied.
+pub fn two_migrations() -> Vec<cellfleet_api::AppliedMigration> {
+    [(1, "ab"), (2, "cd")]
+        .into_iter()
+        .map(|(version, hex)| cellfleet_api::AppliedMigration {
+            version,
+            checksum: hex.repeat(32),
+        })
+        .collect()
+}
+
 /// A Tenant document.
 pub fn tenant_doc(name: &str, profile: &str, residency: &str) -> String {
     format!(
