@@ -148,6 +148,9 @@ pub struct DesiredState {
     /// Moves this cell takes part in, and what it must do for each now.
     #[serde(default)]
     pub moves: Vec<crate::moves::MoveTask>,
+    /// Synthetic probes to send while a release train bakes the cell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<crate::trains::ProbeTask>,
 }
 
 impl DesiredState {
@@ -166,10 +169,11 @@ impl DesiredState {
         // Plain data (strings, numbers, maps with string keys): serialising cannot fail. Without
         // moves the hash is what it was before moves existed, so ledgers written then still
         // verify.
-        let text = if self.moves.is_empty() {
-            serde_json::to_string(&base)
-        } else {
-            serde_json::to_string(&(base, &self.moves))
+        // Likewise without a probe.
+        let text = match (self.moves.is_empty(), &self.probe) {
+            (true, None) => serde_json::to_string(&base),
+            (false, None) => serde_json::to_string(&(base, &self.moves)),
+            (_, Some(probe)) => serde_json::to_string(&(base, &self.moves, probe)),
         }
         .unwrap_or_default();
         hex::encode(Sha256::digest(text.as_bytes()))
@@ -322,6 +326,12 @@ pub struct AgentReport {
     /// another cell), one line each: a move from this cell refuses to start while any exists.
     #[serde(default)]
     pub unmovable: Vec<String>,
+    /// Tenant traffic of the running release since its process started (probes excluded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_health: Option<crate::trains::ReleaseHealth>,
+    /// Synthetic probe results for the running release (sent while a train bakes the cell).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<crate::trains::ProbeStats>,
 }
 
 /// Bounds on what a report may carry: a report is input from the network.
@@ -413,6 +423,32 @@ impl AgentReport {
                     t.latency_p99_ms,
                 )?;
             }
+        }
+        if let Some(h) = &self.release_health {
+            if !valid_release(&h.release) {
+                return Err("releaseHealth.release: not a release version".into());
+            }
+            if h.errors > h.requests {
+                return Err("releaseHealth.errors: more errors than requests".into());
+            }
+            non_negative("releaseHealth.latencyP99Ms", h.latency_p99_ms)?;
+            if h.tenants.len() > l::TENANT_ROWS
+                || h.tenants.iter().any(|(t, (r, e))| t.len() > 63 || e > r)
+            {
+                return Err(format!(
+                    "releaseHealth.tenants: at most {} tenants of at most 63 bytes, errors ≤ requests",
+                    l::TENANT_ROWS
+                ));
+            }
+        }
+        if let Some(p) = &self.probes {
+            if !valid_release(&p.release) {
+                return Err("probes.release: not a release version".into());
+            }
+            if p.errors > p.requests {
+                return Err("probes.errors: more errors than requests".into());
+            }
+            non_negative("probes.latencyP99Ms", p.latency_p99_ms)?;
         }
         if self.tenant_rows.len() > l::TENANT_ROWS {
             return Err(format!("tenantRows: at most {} tenants", l::TENANT_ROWS));

@@ -11,12 +11,14 @@ pub mod failpoints;
 pub mod ids;
 pub mod model;
 pub mod moves;
+pub mod trains;
 pub mod workload;
 
 pub use agent::*;
 pub use ids::{CellName, Env, Generation, IdError, RegionName, TenantId};
 pub use model::*;
 pub use moves::*;
+pub use trains::*;
 pub use workload::{CellTenant, CellTenants, WorkloadHealth};
 
 /// The `apiVersion` every manifest document must carry.

@@ -56,6 +56,10 @@ pub struct CellTenant {
     /// A move is cutting the tenant over: refuse its requests as moved (`503`, retry-safe).
     #[serde(default)]
     pub fenced: bool,
+    /// The tenant's feature flags as the fleet resolves them (its own, fleet flags aimed at it,
+    /// kills): the workload exposes what it sees at `GET /cellfleet/flags?tenant=…`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub flags: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// The tenants a cell's workload may serve: those placed on the cell (from the agent's desired

@@ -37,6 +37,9 @@ const HEALTH_WINDOW: Duration = Duration::from_secs(60);
 /// The agent reports (and scrapes the workload) at least this often, even with nothing new.
 pub const REPORT_EVERY: Duration = Duration::from_secs(10);
 
+/// How often a cell reports while a release train bakes it.
+const BAKE_REPORT_EVERY: Duration = Duration::from_secs(2);
+
 /// How long to wait before asking again after the control plane refused the agent.
 const REFUSED_RETRY: Duration = Duration::from_secs(60);
 
@@ -174,7 +177,14 @@ pub async fn run(
     let (accepted_tx, accepted_rx) = watch::channel(false);
     let mut sync = tokio::spawn(sync_loop(cp.clone(), ledger, shared.clone(), accepted_tx));
     let reconcile = tokio::spawn(reconcile_loop(shared.clone()));
-    let report = tokio::spawn(report_loop(cp.clone(), shared.clone(), accepted_rx));
+    let probes = Arc::new(Mutex::new(crate::probes::Probes::default()));
+    let report = tokio::spawn(report_loop(
+        cp.clone(),
+        shared.clone(),
+        accepted_rx,
+        probes.clone(),
+    ));
+    let prober = tokio::spawn(crate::probes::run(shared.clone(), probes));
     let moves = tokio::spawn(crate::mover::supervise(cp, shared.clone()));
     let result = tokio::select! {
         () = shutdown => {
@@ -188,7 +198,7 @@ pub async fn run(
         },
     };
     // Aborting the reconcile drops the deployer, which stops the workload with it.
-    for task in [reconcile, report, moves] {
+    for task in [reconcile, report, moves, prober] {
         task.abort();
         let _ = task.await;
     }
@@ -407,6 +417,19 @@ fn cell_tenants(
             tenant: t.tenant.clone(),
             state: t.state,
             fenced,
+            flags: t.flags.clone(),
+        });
+    }
+    // While a train bakes the cell, its synthetic probe tenant is served (it reads, never
+    // writes: the probe path is a GET).
+    if let Some(p) = &state.probe
+        && !tenants.iter().any(|c| c.tenant == p.tenant)
+    {
+        tenants.push(CellTenant {
+            tenant: p.tenant.clone(),
+            state: cellfleet_api::TenantState::Active,
+            fenced: false,
+            flags: Default::default(),
         });
     }
     CellTenants {
@@ -436,7 +459,12 @@ fn holds_back(m: &MoveTask, achieved: Option<&Achieved>) -> bool {
 
 /// Reports what the cell is: at once when the reconcile's outcome changes, else every
 /// [`REPORT_EVERY`] (a heartbeat), with health scraped from the workload.
-async fn report_loop(cp: ControlPlane, shared: Arc<Shared>, mut accepted: watch::Receiver<bool>) {
+async fn report_loop(
+    cp: ControlPlane,
+    shared: Arc<Shared>,
+    mut accepted: watch::Receiver<bool>,
+    probes: Arc<Mutex<crate::probes::Probes>>,
+) {
     // Nothing to say before the control plane has answered once.
     let _ = accepted.wait_for(|a| *a).await;
     let mut status = shared.status.subscribe();
@@ -489,11 +517,28 @@ async fn report_loop(cp: ControlPlane, shared: Arc<Shared>, mut accepted: watch:
             format!("{n} rows of tenant {tenant:?} in the cell database, which is not placed on this cell")
         }));
         isolation_drift.truncate(cellfleet_api::report_limits::DRIFT);
+        // The synthetic probe tenant is reported apart: left out of tenant health.
+        let probe = desired.as_ref().and_then(|d| d.probe.clone());
+        let probe_tenant = probe.as_ref().map(|p| p.tenant.to_string());
+        let running = s
+            .workload
+            .as_ref()
+            .filter(|w| w.state == cellfleet_api::WorkloadState::Running)
+            .and_then(|w| w.release.clone());
+        let release_health = running
+            .as_deref()
+            .and_then(|r| window.since_start(r, probe_tenant.as_deref()));
+        let probe_stats = probes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .snapshot(running.as_deref());
         let report = AgentReport {
             observed_generation: s.generation,
             tenant_rows,
             stray_rows,
-            health: window.health(),
+            health: window.health_excluding(probe_tenant.as_deref()),
+            release_health,
+            probes: probe_stats,
             release: s.release.clone(),
             migrations: s.applied.clone(),
             isolation_drift,
@@ -512,7 +557,12 @@ async fn report_loop(cp: ControlPlane, shared: Arc<Shared>, mut accepted: watch:
                 }
                 reported = Some(report);
                 backoff = Duration::from_millis(200);
-                REPORT_EVERY
+                // A baking cell reports more often: gates decide on these numbers.
+                if probe.is_some() {
+                    BAKE_REPORT_EVERY
+                } else {
+                    REPORT_EVERY
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "report failed");

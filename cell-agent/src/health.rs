@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use cellfleet_api::{Health, TenantHealth};
+use cellfleet_api::{Health, ReleaseHealth, TenantHealth};
 
 /// One series key: metric name and its labels, sorted.
 type Series = (String, Vec<(String, String)>);
@@ -117,8 +117,64 @@ impl Window {
         out
     }
 
+    /// Tenant traffic since the workload process started (the latest scrape's counters, which
+    /// a new process starts from zero), leaving out `exclude` (the synthetic probe tenant).
+    pub fn since_start(&self, release: &str, exclude: Option<&str>) -> Option<ReleaseHealth> {
+        let (_, sample) = self.samples.back()?;
+        let mut out = ReleaseHealth {
+            release: release.to_owned(),
+            ..Default::default()
+        };
+        let mut buckets: BTreeMap<u64, f64> = BTreeMap::new();
+        for ((name, labels), v) in sample {
+            let Some(tenant) = label(labels, "tenant") else {
+                continue;
+            };
+            if Some(tenant) == exclude {
+                continue;
+            }
+            match name.as_str() {
+                "workload_requests_total" => {
+                    let n = v.max(0.0).round() as u64;
+                    let error = label(labels, "status").is_some_and(|s| s.starts_with('5'));
+                    out.requests += n;
+                    let entry = out
+                        .tenants
+                        .entry(tenant.chars().take(63).collect())
+                        .or_default();
+                    entry.0 += n;
+                    if error {
+                        out.errors += n;
+                        entry.1 += n;
+                    }
+                }
+                "workload_request_duration_seconds_bucket" => {
+                    if let Some(le) = label(labels, "le").and_then(|le| le.parse::<f64>().ok()) {
+                        *buckets.entry(le.to_bits()).or_default() += v;
+                    }
+                }
+                _ => {}
+            }
+        }
+        // The busiest tenants are enough for burn per tenant; keep the report bounded.
+        if out.tenants.len() > 100 {
+            let mut v: Vec<(String, (u64, u64))> =
+                std::mem::take(&mut out.tenants).into_iter().collect();
+            v.sort_by(|a, b| b.1.0.cmp(&a.1.0));
+            out.tenants = v.into_iter().take(100).collect();
+        }
+        out.latency_p99_ms = quantile(&buckets, 0.99);
+        Some(out)
+    }
+
     /// Health over the window; `None` before there are two samples.
+    #[cfg(test)]
     pub fn health(&self) -> Option<Health> {
+        self.health_excluding(None)
+    }
+
+    /// Health over the window without `exclude`'s traffic (the synthetic probe tenant).
+    pub fn health_excluding(&self, exclude: Option<&str>) -> Option<Health> {
         if self.samples.len() < 2 {
             return None;
         }
@@ -134,6 +190,9 @@ impl Window {
             let Some(tenant) = label(labels, "tenant") else {
                 continue;
             };
+            if Some(tenant) == exclude {
+                continue;
+            }
             let entry = tenants.entry(tenant).or_default();
             match name.as_str() {
                 "workload_requests_total" => {
@@ -308,6 +367,37 @@ mod tests {
             h.requests, 13,
             "10 before the restart + 3 after, not -1007 or 1013"
         );
+    }
+
+    #[test]
+    fn since_start_counts_the_process_and_leaves_probes_out() {
+        let t0 = Instant::now();
+        let mut w = Window::new(Duration::from_secs(60));
+        w.push(
+            t0,
+            parse(&scrape(
+                &[
+                    ("acme", 200, 90),
+                    ("acme", 503, 10),
+                    ("cellfleet-probe", 200, 40),
+                ],
+                "0.01",
+            )),
+        );
+        let h = w.since_start("2.0.0", Some("cellfleet-probe")).unwrap();
+        assert_eq!((h.requests, h.errors), (100, 10));
+        assert_eq!(h.tenants["acme"], (100, 10));
+        assert!(!h.tenants.contains_key("cellfleet-probe"));
+        assert_eq!(h.release, "2.0.0");
+        w.push(
+            t0 + Duration::from_secs(5),
+            parse(&scrape(
+                &[("acme", 200, 95), ("cellfleet-probe", 200, 50)],
+                "0.01",
+            )),
+        );
+        let windowed = w.health_excluding(Some("cellfleet-probe")).unwrap();
+        assert_eq!(windowed.requests, 5, "only acme's increase");
     }
 
     #[test]

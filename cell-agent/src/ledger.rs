@@ -178,6 +178,7 @@ mod tests {
             release: None,
             endpoint: None,
             moves: Vec::new(),
+            probe: None,
             tenants: (0..tenants)
                 .map(|_| serde_json::from_value(tenant.clone()).unwrap())
                 .collect(),

@@ -9,6 +9,7 @@ mod health;
 mod ledger;
 mod move_db;
 mod mover;
+mod probes;
 
 use std::path::PathBuf;
 use std::time::Duration;

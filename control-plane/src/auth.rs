@@ -31,10 +31,12 @@ pub enum Action {
     ReadRoutes,
     /// Checkpoint the audit chain on demand.
     ManageAudit,
+    /// Run release trains, stop the line, roll feature flags out.
+    ManageReleases,
 }
 
 impl Action {
-    pub const ALL: [Action; 9] = [
+    pub const ALL: [Action; 10] = [
         Action::ReadFleet,
         Action::ReadAudit,
         Action::ReadMetadata,
@@ -44,6 +46,7 @@ impl Action {
         Action::AgentSync,
         Action::ReadRoutes,
         Action::ManageAudit,
+        Action::ManageReleases,
     ];
 
     pub fn describe(self) -> &'static str {
@@ -57,6 +60,7 @@ impl Action {
             Action::AgentSync => "use the cell agent routes",
             Action::ReadRoutes => "read the routing table",
             Action::ManageAudit => "checkpoint the audit log",
+            Action::ManageReleases => "run release trains and flags",
         }
     }
 }
@@ -69,7 +73,12 @@ pub fn allows(role: Role, action: Action) -> bool {
         Role::Admin => action != AgentSync,
         Role::Sre => matches!(
             action,
-            ReadFleet | ReadAudit | ReadMetadata | ReadRoutes | ManageInfrastructure
+            ReadFleet
+                | ReadAudit
+                | ReadMetadata
+                | ReadRoutes
+                | ManageInfrastructure
+                | ManageReleases
         ),
         Role::Operator => matches!(
             action,

@@ -24,3 +24,6 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod strict_yaml;
+pub mod trains;
+#[cfg(test)]
+mod trains_tests;

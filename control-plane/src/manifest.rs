@@ -510,3 +510,33 @@ pub fn validate_tenant(origin: &Origin, spec: &TenantSpec) -> Result<(), Manifes
 #[cfg(test)]
 #[path = "manifest_tests.rs"]
 mod tests;
+
+/// Parses a release-train policy file (`kind: TrainPolicy`, one document): every field is
+/// required, errors name the file and the field path.
+pub fn parse_train_policy(
+    file: &ManifestFile,
+) -> Result<cellfleet_api::TrainPolicy, ManifestError> {
+    let origin = Origin {
+        file: file.name.clone(),
+        document: 1,
+    };
+    let mut docs = yaml_serde::Deserializer::from_str(&file.content);
+    let value = match docs.next() {
+        Some(de) => read_document(&origin, de)?,
+        None => serde_json::Value::Null,
+    };
+    if docs.next().is_some() {
+        return Err(origin.error("", "a policy file holds exactly one document"));
+    }
+    let envelope = envelope(&origin, value)?;
+    if envelope.kind != "TrainPolicy" {
+        return Err(origin.error(
+            "kind",
+            format!("expected kind TrainPolicy, got {:?}", envelope.kind),
+        ));
+    }
+    let policy: cellfleet_api::TrainPolicy = typed(&origin, "spec", envelope.spec)?;
+    crate::trains::validate_policy(&policy)
+        .map_err(|(path, message)| origin.error(path, message))?;
+    Ok(policy)
+}

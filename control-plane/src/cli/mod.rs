@@ -7,6 +7,7 @@
 mod client;
 mod moves;
 mod output;
+mod trains;
 mod up;
 
 use std::io::Write;
@@ -98,6 +99,19 @@ pub enum Command {
     /// The edge routers the control plane sees.
     #[command(subcommand)]
     Router(moves::RouterCommand),
+    /// Release trains: roll a release through the fleet in gated waves, watch, steer them.
+    #[command(subcommand)]
+    Train(trains::TrainCommand),
+    /// Halt every running train at once (`resume-the-line` lets them go on).
+    StopTheLine {
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Let trains halted by `stop-the-line` go on.
+    ResumeTheLine,
+    /// Fleet feature flags: roll out, kill.
+    #[command(subcommand)]
+    Flag(trains::FlagCommand),
 }
 
 #[derive(Debug, Args)]
@@ -409,6 +423,10 @@ async fn operate(client: &Client, format: Format, command: Command) -> anyhow::R
         Command::Tenant(cmd) => tenant(client, format, cmd).await?,
         Command::Move(cmd) => return moves::run(client, format, cmd).await,
         Command::Router(cmd) => moves::routers(client, format, cmd).await?,
+        Command::Train(cmd) => return trains::run(client, format, cmd).await,
+        Command::StopTheLine { reason } => trains::stop_line(client, format, reason).await?,
+        Command::ResumeTheLine => trains::resume_line(client, format).await?,
+        Command::Flag(cmd) => trains::flags(client, format, cmd).await?,
         Command::Cell(CellCommand::List) => show(
             format,
             &client.get::<Vec<CellView>>("/v1/cells").await?,

@@ -15,6 +15,7 @@ mod moves;
 mod releases;
 mod routes;
 mod tenants;
+mod trains;
 
 use std::sync::Arc;
 
@@ -88,6 +89,18 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/moves/{id}/abort", post(moves::abort))
         .route("/v1/moves/{id}/rollback", post(moves::rollback))
         .route("/v1/routers", get(moves::routers))
+        .route("/v1/trains", get(trains::list).post(trains::start))
+        .route("/v1/trains/{id}", get(trains::get))
+        .route("/v1/trains/{id}/promote", post(trains::promote))
+        .route("/v1/trains/{id}/pause", post(trains::pause))
+        .route("/v1/trains/{id}/resume", post(trains::resume))
+        .route("/v1/trains/{id}/abort", post(trains::abort))
+        .route("/v1/trains/{id}/rollback", post(trains::rollback))
+        .route("/v1/line", get(trains::line))
+        .route("/v1/line/stop", post(trains::stop_line))
+        .route("/v1/line/resume", post(trains::resume_line))
+        .route("/v1/flags", get(trains::flags).post(trains::set_flag))
+        .route("/v1/flags/{name}/kill", post(trains::kill_flag))
         .route("/v1/tenants", get(tenants::list).post(tenants::create))
         .route(
             "/v1/tenants/{id}",
@@ -175,6 +188,9 @@ fn long_poll_wait(timeout: Option<&str>) -> Result<std::time::Duration, ApiError
         routes::snapshot, routes::watch, routes::lookup, moves::routers,
         moves::start, moves::list, moves::get, moves::abort, moves::rollback,
         moves::position, moves::upload, moves::download, moves::applied, moves::side,
+        trains::start, trains::list, trains::get, trains::promote, trains::pause, trains::resume,
+        trains::abort, trains::rollback, trains::line, trains::stop_line, trains::resume_line,
+        trains::flags, trains::set_flag, trains::kill_flag,
         tenants::list, tenants::create, tenants::get, tenants::delete, tenants::suspend,
         tenants::resume, tenants::archive, tenants::explain, tenants::context,
         admin::create_token, admin::list_tokens, admin::revoke_token,

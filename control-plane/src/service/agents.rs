@@ -30,8 +30,52 @@ const REPLICA_POLL: Duration = Duration::from_secs(2);
 /// The longest an agent's long-poll may wait.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
-/// The tenants part of a cell's desired state (what the generation versions).
-fn desired_tenants(rows: &[(PlacementRow, TenantRow)]) -> Vec<DesiredTenant> {
+/// What every cell's desired state is derived from besides its own rows, loaded once per commit.
+#[derive(Debug, Default)]
+pub(super) struct DesiredContext {
+    /// The whole migration stream.
+    migrations: Vec<Migration>,
+    /// How far contract migrations are released.
+    contract_released: i64,
+    moves: OpenMoves,
+    /// Cells a train bakes, with the probes they send.
+    probes: std::collections::BTreeMap<CellName, cellfleet_api::ProbeTask>,
+    flags: Vec<cellfleet_api::FlagView>,
+}
+
+impl DesiredContext {
+    pub(super) async fn load(conn: &mut sqlx::AnyConnection) -> Result<DesiredContext> {
+        Ok(DesiredContext {
+            migrations: store::list_migrations(conn).await?,
+            contract_released: store::contract_released(conn).await?,
+            moves: OpenMoves::load(conn).await?,
+            probes: super::trains::probing_cells(conn).await?,
+            flags: store::list_flags(conn).await?,
+        })
+    }
+
+    /// The migrations `cell` should have: the stream in order up to the cell's ceiling (what
+    /// its releases need), stopping before the first contract migration not yet released (the
+    /// stream is applied in order).
+    fn migrations_for(&self, up_to: Option<i64>) -> Vec<Migration> {
+        self.migrations
+            .iter()
+            .take_while(|m| {
+                up_to.is_none_or(|c| m.version <= c)
+                    && (m.phase != cellfleet_api::Phase::Contract
+                        || m.version <= self.contract_released)
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+/// The tenants part of a cell's desired state (what the generation versions), their flags
+/// resolved against the fleet's.
+fn desired_tenants(
+    rows: &[(PlacementRow, TenantRow)],
+    flags: &[cellfleet_api::FlagView],
+) -> Vec<DesiredTenant> {
     rows.iter()
         .map(|(p, t)| DesiredTenant {
             tenant: t.id.clone(),
@@ -40,7 +84,7 @@ fn desired_tenants(rows: &[(PlacementRow, TenantRow)]) -> Vec<DesiredTenant> {
             state: t.state,
             profile: t.spec.profile,
             quotas: t.spec.quotas.clone(),
-            flags: t.spec.flags.clone(),
+            flags: super::flags::effective(&t.spec.flags, flags, &t.id, &p.cell),
             isolation: isolation(&t.id, t.spec.profile, &p.cell),
         })
         .collect()
@@ -51,10 +95,9 @@ async fn desired_of(
     conn: &mut sqlx::AnyConnection,
     row: &CellRow,
     placements: &[(PlacementRow, TenantRow)],
-    migrations: Vec<Migration>,
-    moves: &OpenMoves,
+    ctx: &DesiredContext,
 ) -> Result<DesiredState> {
-    let tenants = desired_tenants(placements);
+    let tenants = desired_tenants(placements, &ctx.flags);
     let release = match &row.desired_release {
         Some(version) => store::get_release(conn, version)
             .await?
@@ -64,15 +107,17 @@ async fn desired_of(
             }),
         None => None,
     };
+    let up_to = store::migrations_up_to(conn, &row.name).await?;
     Ok(DesiredState {
         cell: row.name.clone(),
         generation: row.desired_generation,
         kind: row.spec.kind,
         tenants,
-        migrations,
+        migrations: ctx.migrations_for(up_to),
         release,
         endpoint: row.spec.endpoint.clone(),
-        moves: moves.tasks_for(&row.name),
+        moves: ctx.moves.tasks_for(&row.name),
+        probe: ctx.probes.get(&row.name).cloned(),
     })
 }
 
@@ -84,25 +129,28 @@ impl Registry {
         let mut moved = false;
         let touched = tx.take_touched();
         let mut routing_version: Option<i64> = None;
-        let (migrations, moves) = if touched.is_empty() {
-            (Vec::new(), OpenMoves::default())
+        let ctx = if touched.is_empty() {
+            DesiredContext::default()
         } else {
-            (
-                store::list_migrations(tx.conn()).await?,
-                OpenMoves::load(tx.conn()).await?,
-            )
+            DesiredContext::load(tx.conn()).await?
         };
         for cell in touched {
             let Some(row) = store::get_cell(tx.conn(), &cell).await? else {
                 continue;
             };
             let placements = store::placements_on(tx.conn(), &cell).await?;
-            let hash = desired_of(tx.conn(), &row, &placements, migrations.clone(), &moves)
+            let hash = desired_of(tx.conn(), &row, &placements, &ctx)
                 .await?
                 .content_hash();
             // The routing table moves in the same transaction as what it is derived from.
-            super::routes::refresh(tx.conn(), &row, &placements, &moves, &mut routing_version)
-                .await?;
+            super::routes::refresh(
+                tx.conn(),
+                &row,
+                &placements,
+                &ctx.moves,
+                &mut routing_version,
+            )
+            .await?;
             let Some((generation, old_hash)) = store::cell_generation(tx.conn(), &cell).await?
             else {
                 continue;
@@ -129,10 +177,9 @@ impl Registry {
         let row = store::get_cell(&mut snapshot, cell)
             .await?
             .ok_or_else(|| not_found("cell", cell))?;
-        let migrations = store::list_migrations(&mut snapshot).await?;
         let placements = store::placements_on(&mut snapshot, cell).await?;
-        let moves = OpenMoves::load(&mut snapshot).await?;
-        desired_of(&mut snapshot, &row, &placements, migrations, &moves).await
+        let ctx = DesiredContext::load(&mut snapshot).await?;
+        desired_of(&mut snapshot, &row, &placements, &ctx).await
     }
 
     /// Long-poll: returns the desired state as soon as its generation is above `since`, or the
@@ -239,6 +286,7 @@ mod tests {
             release: None,
             endpoint: None,
             moves: Vec::new(),
+            probe: None,
         };
         use cellfleet_api::CellKind::*;
         assert_eq!(doc(1, Pooled).content_hash(), doc(2, Pooled).content_hash());

@@ -6,6 +6,7 @@ mod agents;
 mod apply;
 mod audit;
 mod diff;
+mod flags;
 pub mod migrations;
 pub mod moves;
 mod operations;
@@ -14,6 +15,7 @@ mod releases;
 mod routes;
 mod tenants;
 mod tokens;
+pub mod trains;
 mod views;
 
 use std::time::Duration;
@@ -136,6 +138,10 @@ pub struct Registry {
     /// Makes new cells (set once, by whoever runs the cells: `cellfleet up`).
     provider:
         std::sync::Arc<std::sync::OnceLock<std::sync::Arc<dyn crate::provider::CellProvider>>>,
+    /// When the driver last looked at each open train, at which version (see `operations`).
+    train_looks: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<String, (i64, std::time::Instant)>>,
+    >,
 }
 
 impl Registry {
@@ -147,6 +153,7 @@ impl Registry {
             audit_key: None,
             operations: std::sync::Arc::new(tokio::sync::Notify::new()),
             provider: std::sync::Arc::default(),
+            train_looks: std::sync::Arc::default(),
         }
     }
 

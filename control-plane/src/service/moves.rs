@@ -125,6 +125,13 @@ impl OpenMoves {
         })
     }
 
+    /// Whether an open move goes through `cell` (as source or target).
+    pub fn touches(&self, cell: &CellName) -> bool {
+        self.0
+            .iter()
+            .any(|m| m.spec.source == *cell || m.spec.target == *cell)
+    }
+
     /// Whether a tenant environment has an open move.
     pub fn moving(&self, tenant: &TenantId, env: &Env) -> bool {
         self.0
@@ -613,6 +620,25 @@ impl Registry {
                 detail: format!("{} is dedicated and holds another tenant", target.name),
             });
         }
+        // A train about to change either cell would fight the move over it: wait for its wave.
+        let in_play = super::trains::cells_in_play(tx.conn()).await?;
+        let busy: Vec<String> = [&source.name, &target.name]
+            .into_iter()
+            .filter_map(|c| {
+                in_play
+                    .get(c)
+                    .map(|t| format!("release train {t} is about to change {c}"))
+            })
+            .collect();
+        checks.push(PlanCheck {
+            check: "train".into(),
+            ok: busy.is_empty(),
+            detail: if busy.is_empty() {
+                "no release train is about to change either cell".into()
+            } else {
+                format!("{}: wait for its wave, or pause the train", busy.join("; "))
+            },
+        });
         if let Some(provider) = &provision {
             checks.push(PlanCheck {
                 check: "provision".into(),

@@ -18,10 +18,33 @@ use crate::store;
 pub const TICK: Duration = Duration::from_millis(250);
 /// How long a claimed operation stays this replica's without a renewal.
 const LEASE: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
+/// How often a train looks at its fleet while nothing about it changed.
+const TRAIN_TICK: Duration = Duration::from_secs(1);
 /// Steps one operation may take in one pass (a move rarely takes more than two in a row).
 const STEPS_PER_PASS: usize = 8;
 
 impl Registry {
+    /// Whether the train `op` is due for a look (see [`TRAIN_TICK`]); records the look.
+    fn train_due(&self, op: &store::OperationRow) -> bool {
+        let mut seen = self
+            .train_looks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        match seen.get(&op.id) {
+            Some((version, at))
+                if *version == op.version && now.duration_since(*at) < TRAIN_TICK =>
+            {
+                false
+            }
+            _ => {
+                seen.retain(|_, (_, at)| now.duration_since(*at) < TRAIN_TICK * 60);
+                seen.insert(op.id.clone(), (op.version, now));
+                true
+            }
+        }
+    }
+
     /// Drives open operations until `shutdown` resolves.
     pub async fn drive_operations(
         &self,
@@ -61,6 +84,15 @@ impl Registry {
             for _ in 0..STEPS_PER_PASS {
                 let stepped = match current.kind.as_str() {
                     super::moves::KIND => self.step_move(&current, settings).await,
+                    crate::trains::KIND => {
+                        // A train looks at most every TRAIN_TICK unless it changed (an
+                        // operator's command bumps its version): with a thousand cells a look
+                        // reads their reports, and bakes last minutes.
+                        if !self.train_due(&current) {
+                            break;
+                        }
+                        self.step_train(&current).await
+                    }
                     other => {
                         tracing::error!(operation = %current.id, kind = other, "unknown operation kind");
                         Ok(false)

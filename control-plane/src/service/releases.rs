@@ -59,8 +59,7 @@ impl Registry {
             if row.desired_release.as_deref() == Some(version) {
                 continue;
             }
-            store::set_cell_release(tx.conn(), cell, version).await?;
-            tx.touch(cell);
+            super::trains::assign_release(&mut tx, cell, Some(version)).await?;
             tx.audit(
                 "cell.release",
                 &format!("cell/{cell}"),

@@ -20,6 +20,7 @@ mod operations;
 mod registry;
 mod routes;
 mod tokens;
+mod trains;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +41,7 @@ pub use operations::*;
 pub use registry::*;
 pub use routes::*;
 pub use tokens::*;
+pub use trains::*;
 
 /// Errors of the persistence layer.
 #[derive(Debug, thiserror::Error)]

@@ -406,6 +406,27 @@ async fn hand_tenants(
     }
 }
 
+#[derive(Debug, serde::Deserialize)]
+struct FlagsQuery {
+    tenant: String,
+}
+
+/// The feature flags this process sees for a tenant (from the agent's last tenant set): what a
+/// flag rollout or a kill has reached.
+async fn tenant_flags(
+    State(s): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<FlagsQuery>,
+) -> Response {
+    match s.tenants.flags(&q.tenant) {
+        Some(flags) => Json(serde_json::json!({ "tenant": q.tenant, "flags": flags })).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": format!("tenant {:?} is not in this cell's tenant set", q.tenant) })),
+        )
+            .into_response(),
+    }
+}
+
 /// Labels every answer with the cell that served it.
 async fn served_by(State(s): State<AppState>, mut response: Response) -> Response {
     if let Ok(cell) = axum::http::HeaderValue::from_str(&s.cell) {
@@ -425,6 +446,7 @@ fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/cellfleet/tenants", axum::routing::put(hand_tenants))
+        .route("/cellfleet/flags", get(tenant_flags))
         .route(
             "/version",
             get(|State(s): State<AppState>| async move {

@@ -35,6 +35,8 @@ struct Set {
     epoch: u64,
     /// Each tenant's state, and whether a move fences it.
     tenants: HashMap<String, (TenantState, bool)>,
+    /// Each tenant's feature flags as the fleet resolved them.
+    flags: HashMap<String, std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 /// The tenant set in force, shared by every request.
@@ -86,6 +88,15 @@ impl Tenants {
         }
     }
 
+    /// The feature flags the set in force gives `tenant` (none: not in the set).
+    pub fn flags(
+        &self,
+        tenant: &str,
+    ) -> Option<std::collections::BTreeMap<String, serde_json::Value>> {
+        let set = self.set.read().unwrap_or_else(|p| p.into_inner());
+        set.as_ref().and_then(|s| s.flags.get(tenant).cloned())
+    }
+
     /// The generation of the set in force.
     pub fn generation(&self) -> Option<i64> {
         self.set
@@ -116,6 +127,11 @@ impl Tenants {
         *set = Some(Set {
             generation: next.generation,
             epoch: next.epoch,
+            flags: next
+                .tenants
+                .iter()
+                .map(|t| (t.tenant.to_string(), t.flags.clone()))
+                .collect(),
             tenants: next
                 .tenants
                 .into_iter()
@@ -244,6 +260,7 @@ mod tests {
                     tenant: t.parse().unwrap(),
                     state: *s,
                     fenced: false,
+                    flags: Default::default(),
                 })
                 .collect(),
             epoch: 0,
