@@ -267,6 +267,9 @@ pub struct CellView {
     pub observed_generation: Option<i64>,
     /// The release the agent last reported running.
     pub release: Option<String>,
+    /// The release the cell should run (a deploy or a release train sets it).
+    #[serde(default)]
+    pub desired_release: Option<String>,
     /// The newest migration the agent last reported applied.
     pub migration_version: Option<i64>,
     /// When the agent last reported.

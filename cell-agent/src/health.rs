@@ -130,7 +130,10 @@ impl Window {
             let Some(tenant) = label(labels, "tenant") else {
                 continue;
             };
-            if Some(tenant) == exclude {
+            // Only tenants' own traffic: not the probes, not refusals of requests for tenants
+            // the cell does not serve (one series under a label that is no tenant id, which a
+            // new process answers until its agent hands it the tenant set).
+            if Some(tenant) == exclude || cellfleet_api::ids::validate_dns_label(tenant).is_err() {
                 continue;
             }
             match name.as_str() {

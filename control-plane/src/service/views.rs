@@ -27,6 +27,7 @@ pub fn cell_view(
         desired_generation: c.desired_generation,
         observed_generation: report.map(|r| r.report.observed_generation),
         release: report.and_then(|r| r.report.release.clone()),
+        desired_release: c.desired_release.clone(),
         migration_version: report.and_then(|r| r.report.migrations.iter().map(|m| m.version).max()),
         reported_at: report.map(|r| r.reported_at),
         errors: cell_errors(c.desired_generation, report, now),
