@@ -1040,6 +1040,17 @@ fn late_cells(spec: &TrainSpec, s: &TrainState, obs: &Observed) -> Vec<PlanCell>
         .collect()
 }
 
+/// The next time a bake of the current wave ends (the driver looks then, not a tick later).
+pub fn next_deadline(s: &TrainState, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let w = s.waves.get(s.current)?;
+    w.cells
+        .iter()
+        .filter(|c| c.step == CellStep::Converged)
+        .filter_map(|c| c.converged_at.map(|t| t + secs(w.bake_secs)))
+        .filter(|t| *t > now)
+        .min()
+}
+
 /// Cells the train may change soon: those of its current wave not yet judged (a move's plan
 /// refuses them).
 pub fn cells_in_play(phase: TrainPhase, s: &TrainState) -> Vec<CellName> {

@@ -121,7 +121,8 @@ fn waves_canary_then_pooled_batches_per_region_then_dedicated() {
     );
     assert_eq!(waves[0].bake_secs, 600);
     assert_eq!(waves[3].kind, WaveKind::Dedicated);
-    assert!(waves[3].approval);
+    assert!(waves[0].approval, "the default policy asks after the canary");
+    assert!(!waves[1].approval);
     // Labelled canaries replace the one-per-region rule; a bake override applies everywhere.
     cells[4].canary = true;
     let waves = plan(&cells, "2.0.0", &p, Some(30));
@@ -214,6 +215,11 @@ fn running(
     });
 }
 
+thread_local! {
+    /// Whether `Sim::new` keeps the canary's approval (only the approval test wants it).
+    static APPROVE_CANARY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 struct Sim {
     spec: TrainSpec,
     phase: TrainPhase,
@@ -224,7 +230,10 @@ struct Sim {
 }
 
 impl Sim {
-    fn new(p: TrainPolicy, cells: &[(&str, CellKind)]) -> Sim {
+    fn new(mut p: TrainPolicy, cells: &[(&str, CellKind)]) -> Sim {
+        if !APPROVE_CANARY.with(|a| a.get()) {
+            p.canary.approval = false;
+        }
         let plan_cells: Vec<PlanCell> = cells.iter().map(|(n, k)| pc(n, "eu-west-1", *k)).collect();
         let spec = spec(p);
         let waves = plan(&plan_cells, "2.0.0", &spec.policy, spec.bake_override_secs);
@@ -645,9 +654,8 @@ fn cells_added_during_a_train_follow_the_policy() {
 
 #[test]
 fn approval_between_waves() {
-    let mut p = policy();
-    p.canary.approval = true;
-    let mut sim = Sim::new(p, &[("c1", CellKind::Pooled), ("c2", CellKind::Pooled)]);
+    APPROVE_CANARY.with(|a| a.set(true));
+    let mut sim = Sim::new(policy(), &[("c1", CellKind::Pooled), ("c2", CellKind::Pooled)]);
     let t = t0();
     sim.step(t);
     sim.report("c1", t + TimeDelta::seconds(1), (100, 0), (0, 0));

@@ -234,6 +234,35 @@ fn routes() -> Vec<(&'static str, &'static str, Option<Value>, &'static [Role])>
             &[Admin, Operator],
         ),
         ("GET", "/v1/routers", None, READERS),
+        (
+            "POST",
+            "/v1/trains",
+            Some(json!({"release": "1.0.0", "dryRun": true})),
+            &[Admin, Sre],
+        ),
+        ("GET", "/v1/trains", None, READERS),
+        ("GET", "/v1/trains/tr_unknown", None, READERS),
+        ("POST", "/v1/trains/tr_unknown/promote", None, &[Admin, Sre]),
+        ("POST", "/v1/trains/tr_unknown/pause", None, &[Admin, Sre]),
+        ("POST", "/v1/trains/tr_unknown/resume", None, &[Admin, Sre]),
+        (
+            "POST",
+            "/v1/trains/tr_unknown/abort",
+            Some(json!({"rollback": true})),
+            &[Admin, Sre],
+        ),
+        ("POST", "/v1/trains/tr_unknown/rollback", None, &[Admin, Sre]),
+        ("GET", "/v1/line", None, READERS),
+        ("POST", "/v1/line/stop", Some(json!({"reason": "test"})), &[Admin, Sre]),
+        ("POST", "/v1/line/resume", None, &[Admin, Sre]),
+        ("GET", "/v1/flags", None, READERS),
+        (
+            "POST",
+            "/v1/flags",
+            Some(json!({"name": "f", "value": true})),
+            &[Admin, Sre],
+        ),
+        ("POST", "/v1/flags/f/kill", None, &[Admin, Sre]),
         ("GET", "/v1/agent/moves/mv_unknown/position", None, &[Agent]),
         ("GET", "/v1/agent/moves/mv_unknown/chunks", None, &[Agent]),
         (
@@ -585,7 +614,9 @@ async fn checked_in_openapi_matches_the_code() {
             .replace("/globex", "/{id}")
             .replace("/euw1-pool-1", "/{name}")
             .replace("/tok_unknown", "/{id}")
-            .replace("/mv_unknown", "/{id}");
+            .replace("/mv_unknown", "/{id}")
+            .replace("/tr_unknown", "/{id}")
+            .replace("/flags/f/", "/flags/{name}/");
         assert!(
             doc["paths"].get(&templated).is_some(),
             "{templated} is not documented"

@@ -267,7 +267,12 @@ impl Registry {
                 }),
             );
         }
-        self.commit(tx).await
+        self.commit(tx).await?;
+        if significant {
+            // A cell runs something new (or stopped): a train waiting for it looks soon.
+            self.train_news();
+        }
+        Ok(())
     }
 }
 

@@ -124,6 +124,15 @@ impl Default for Settings {
     }
 }
 
+/// The driver's last look at a train.
+#[derive(Debug, Clone, Copy)]
+struct TrainLook {
+    version: i64,
+    at: std::time::Instant,
+    /// When a bake ends: look then.
+    deadline: Option<std::time::Instant>,
+}
+
 /// The registry service: the store plus the rules.
 #[derive(Debug, Clone)]
 pub struct Registry {
@@ -138,10 +147,11 @@ pub struct Registry {
     /// Makes new cells (set once, by whoever runs the cells: `cellfleet up`).
     provider:
         std::sync::Arc<std::sync::OnceLock<std::sync::Arc<dyn crate::provider::CellProvider>>>,
-    /// When the driver last looked at each open train, at which version (see `operations`).
-    train_looks: std::sync::Arc<
-        std::sync::Mutex<std::collections::HashMap<String, (i64, std::time::Instant)>>,
-    >,
+    /// When the driver last looked at each open train, at which version, and when it should
+    /// look next at the latest (see `operations`).
+    train_looks: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, TrainLook>>>,
+    /// Set by reports that change what a cell runs: trains look again soon.
+    train_news: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Registry {
@@ -154,6 +164,7 @@ impl Registry {
             operations: std::sync::Arc::new(tokio::sync::Notify::new()),
             provider: std::sync::Arc::default(),
             train_looks: std::sync::Arc::default(),
+            train_news: std::sync::Arc::default(),
         }
     }
 

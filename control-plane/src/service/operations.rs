@@ -20,29 +20,64 @@ pub const TICK: Duration = Duration::from_millis(250);
 const LEASE: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
 /// How often a train looks at its fleet while nothing about it changed.
 const TRAIN_TICK: Duration = Duration::from_secs(1);
+/// How soon after news (a cell reported a new release) a train looks.
+const NEWS_DELAY: Duration = Duration::from_millis(100);
 /// Steps one operation may take in one pass (a move rarely takes more than two in a row).
 const STEPS_PER_PASS: usize = 8;
 
 impl Registry {
-    /// Whether the train `op` is due for a look (see [`TRAIN_TICK`]); records the look.
+    /// Whether the train `op` is due for a look, and records the look: when it changed (an
+    /// operator's command, its own step), when a bake ends, soon after a cell reported running
+    /// something new, and at least every [`TRAIN_TICK`].
     fn train_due(&self, op: &store::OperationRow) -> bool {
-        let mut seen = self
+        let mut looks = self
             .train_looks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = std::time::Instant::now();
-        match seen.get(&op.id) {
-            Some((version, at))
-                if *version == op.version && now.duration_since(*at) < TRAIN_TICK =>
-            {
-                false
+        let due = match looks.get(&op.id) {
+            None => true,
+            Some(l) => {
+                let since = now.duration_since(l.at);
+                l.version != op.version
+                    || since >= TRAIN_TICK
+                    || l.deadline.is_some_and(|d| d <= now)
+                    || (since >= NEWS_DELAY
+                        && self.train_news.swap(false, std::sync::atomic::Ordering::Relaxed))
             }
-            _ => {
-                seen.retain(|_, (_, at)| now.duration_since(*at) < TRAIN_TICK * 60);
-                seen.insert(op.id.clone(), (op.version, now));
-                true
-            }
+        };
+        if due {
+            looks.retain(|_, l| now.duration_since(l.at) < TRAIN_TICK * 60);
+            looks.insert(
+                op.id.clone(),
+                super::TrainLook {
+                    version: op.version,
+                    at: now,
+                    deadline: None,
+                },
+            );
         }
+        due
+    }
+
+    /// Records when the train's next bake ends.
+    pub(super) fn train_deadline(&self, id: &str, at: chrono::DateTime<chrono::Utc>) {
+        let wait = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+        if let Some(l) = self
+            .train_looks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_mut(id)
+        {
+            l.deadline = Some(std::time::Instant::now() + wait);
+        }
+    }
+
+    /// A cell reported running something new: trains look again soon.
+    pub(super) fn train_news(&self) {
+        self.train_news
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.operations_changed();
     }
 
     /// Drives open operations until `shutdown` resolves.

@@ -752,6 +752,9 @@ impl Registry {
         let obs = self.observe_train(&t).await?;
         let now = Utc::now();
         let step = core::next_step(&t.spec, t.phase, &t.state, &obs, now);
+        if let Some(at) = core::next_deadline(&step.state, now) {
+            self.train_deadline(&t.id, at);
+        }
         let mut without_note = step.state.clone();
         without_note.note = t.state.note.clone();
         if step.phase == t.phase && step.effects.is_empty() && without_note == t.state {
