@@ -258,6 +258,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             "  cellfleet move start acme --to dedicated --watch   # a cell of its own, writes kept"
         );
     }
+    println!("  cellfleet release create -f examples/fleet/release-1.1.0.yaml");
+    println!(
+        "  cellfleet train start --release 1.1.0 --bake 30s --watch   # a release train, canaries first"
+    );
     println!("  cellfleet audit verify");
     println!();
     println!("Ctrl-C stops it; running `cellfleet up` again resumes the same fleet.");
