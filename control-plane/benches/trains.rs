@@ -310,6 +310,7 @@ async fn run() -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; nothing to parse.
+    cellfleet::cli::install_crypto_provider();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

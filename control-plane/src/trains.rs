@@ -576,7 +576,17 @@ pub fn next_step(
             if let Some(reason) = &obs.line_stopped {
                 s.note = Some(format!("the line is stopped: {reason}"));
             } else {
-                run(spec, &mut s, obs, now, &mut step);
+                // A wave that passed starts the next one in the same step (one commit, no
+                // wait for another look); bounded, each round changes the wave or stops.
+                for _ in 0..4 {
+                    let (current, waves) = (s.current, s.waves.len());
+                    run(spec, &mut s, obs, now, &mut step);
+                    if step.phase != TrainPhase::Running
+                        || (s.current == current && s.waves.len() == waves)
+                    {
+                        break;
+                    }
+                }
             }
         }
         TrainPhase::Contracting => {

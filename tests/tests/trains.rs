@@ -533,10 +533,29 @@ async fn a_restarted_control_plane_resumes_the_train_and_a_flag_kill_reaches_eve
         "policy.yaml",
         &policy(false).replace("bake: 4s", "bake: 8s"),
     );
-    let id = start(&fleet, "1.1.0", &p);
+    // The control plane dies (like a kill -9) right after the train's first committed step:
+    // the canary was just told to run 1.1.0.
+    fleet.restart_server(&[("CELLFLEET_FAILPOINTS", "cp:train:running")]);
+    // (It may die before it answers the start: the train is found by listing.)
+    fleet.run(&["train", "start", "--release", "1.1.0", "--policy", &p]);
+    assert!(
+        fleet.server.wait_exit(Duration::from_secs(30)),
+        "the control plane never reached the failpoint"
+    );
+    fleet.restart_server(&[]);
+    let id = fleet.run(&["train", "list", "-o", "json"]).json()[0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        desired_release(&fleet, "c-1").as_deref(),
+        Some("1.1.0"),
+        "the step died committed"
+    );
     eventually(Duration::from_secs(60), "the canary bakes", || {
         train(&fleet, &id)["waves"][0]["cells"][0]["step"] == "converged"
     });
+    // And a plain restart mid-bake.
     fleet.restart_server(&[]);
     wait_phase(&fleet, &id, "done", Duration::from_secs(120));
     let audited = audit_actions(&fleet, &format!("train/{id}"));

@@ -41,6 +41,8 @@ pub(super) struct DesiredContext {
     /// Cells a train bakes, with the probes they send.
     probes: std::collections::BTreeMap<CellName, cellfleet_api::ProbeTask>,
     flags: Vec<cellfleet_api::FlagView>,
+    /// Every release, by version.
+    releases: std::collections::HashMap<String, DesiredRelease>,
 }
 
 impl DesiredContext {
@@ -51,6 +53,19 @@ impl DesiredContext {
             moves: OpenMoves::load(conn).await?,
             probes: super::trains::probing_cells(conn).await?,
             flags: store::list_flags(conn).await?,
+            releases: store::list_releases(conn)
+                .await?
+                .into_iter()
+                .map(|r| {
+                    (
+                        r.version.clone(),
+                        DesiredRelease {
+                            version: r.version,
+                            artifact: r.spec.artifact,
+                        },
+                    )
+                })
+                .collect(),
         })
     }
 
@@ -98,15 +113,10 @@ async fn desired_of(
     ctx: &DesiredContext,
 ) -> Result<DesiredState> {
     let tenants = desired_tenants(placements, &ctx.flags);
-    let release = match &row.desired_release {
-        Some(version) => store::get_release(conn, version)
-            .await?
-            .map(|r| DesiredRelease {
-                version: r.version,
-                artifact: r.spec.artifact,
-            }),
-        None => None,
-    };
+    let release = row
+        .desired_release
+        .as_ref()
+        .and_then(|v| ctx.releases.get(v).cloned());
     let up_to = store::migrations_up_to(conn, &row.name).await?;
     Ok(DesiredState {
         cell: row.name.clone(),
@@ -195,10 +205,18 @@ impl Registry {
         loop {
             // Subscribe first, read second: a change committed in between is not missed.
             changes.borrow_and_update();
-            let state = self.desired_state(cell).await?;
             let now = tokio::time::Instant::now();
-            if state.generation > since || now >= deadline {
-                return Ok(state);
+            // Every commit wakes every waiting agent: most find their generation unchanged with
+            // one indexed read, and only the cells that changed build their document.
+            let generation = {
+                let mut conn = self.store.read().await?;
+                store::cell_generation(&mut conn, cell)
+                    .await?
+                    .ok_or_else(|| not_found("cell", cell))?
+                    .0
+            };
+            if generation > since || now >= deadline {
+                return self.desired_state(cell).await;
             }
             let nap = (deadline - now).min(REPLICA_POLL);
             let _ = tokio::time::timeout(nap, changes.changed()).await;
