@@ -121,7 +121,11 @@ async fn agent(
                         .await?;
                     anyhow::ensure!(resp.status().is_success(), "report: {}", resp.text().await?);
                 }
-                let every = if probing { Duration::from_secs(2) } else { Duration::from_secs(10) };
+                let every = if probing {
+                    Duration::from_secs(2)
+                } else {
+                    Duration::from_secs(10)
+                };
                 tokio::select! {
                     r = rx.changed() => if r.is_err() { return Ok(()) },
                     () = tokio::time::sleep(every) => {}
@@ -134,7 +138,9 @@ async fn agent(
     let mut since = Instant::now();
     loop {
         let desired: Value = http
-            .get(format!("{base}/v1/agent/desired?since={generation}&timeout=30s"))
+            .get(format!(
+                "{base}/v1/agent/desired?since={generation}&timeout=30s"
+            ))
             .bearer_auth(&token)
             .send()
             .await?
@@ -148,13 +154,21 @@ async fn agent(
         let r = desired["release"]["version"].as_str().map(str::to_owned);
         if r != release {
             if let Some(v) = &r {
-                seen.lock().unwrap().entry(format!("{cell}/{v}")).or_insert_with(Utc::now);
+                seen.lock()
+                    .unwrap()
+                    .entry(format!("{cell}/{v}"))
+                    .or_insert_with(Utc::now);
             }
             release = r;
             since = Instant::now();
         }
         generation = g;
-        tx.send_replace((generation, release.clone(), !desired["probe"].is_null(), since));
+        tx.send_replace((
+            generation,
+            release.clone(),
+            !desired["probe"].is_null(),
+            since,
+        ));
         if reporter.is_finished() {
             return reporter.await?;
         }
@@ -182,24 +196,40 @@ async fn run() -> anyhow::Result<()> {
         let _ = stop_rx.await;
     }));
     let token = std::fs::read_to_string(&token_file)?.trim().to_owned();
-    let http = reqwest::Client::builder().pool_max_idle_per_host(1100).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1100)
+        .build()?;
     let post = |path: String, body: Value| {
         let (http, base, token) = (http.clone(), base.clone(), token.clone());
         async move {
-            let resp = http.post(format!("{base}{path}")).bearer_auth(&token).json(&body).send().await?;
+            let resp = http
+                .post(format!("{base}{path}"))
+                .bearer_auth(&token)
+                .json(&body)
+                .send()
+                .await?;
             let status = resp.status();
             let text = resp.text().await?;
             anyhow::ensure!(status.is_success(), "{path}: {status} {text}");
             Ok::<Value, anyhow::Error>(serde_json::from_str(&text)?)
         }
     };
-    let file = |content: String| json!(ApplyRequest {
-        files: vec![ManifestFile { name: "bench.yaml".into(), content }],
-        dry_run: false,
-    });
+    let file = |content: String| {
+        json!(ApplyRequest {
+            files: vec![ManifestFile {
+                name: "bench.yaml".into(),
+                content
+            }],
+            dry_run: false,
+        })
+    };
     post("/v1/apply".into(), file(fleet())).await?;
     for v in ["1.0.0", "1.1.0"] {
-        post("/v1/releases".into(), json!({"file": {"name": "r.yaml", "content": release(v)}})).await?;
+        post(
+            "/v1/releases".into(),
+            json!({"file": {"name": "r.yaml", "content": release(v)}}),
+        )
+        .await?;
     }
     post("/v1/releases/1.0.0/deploy".into(), json!({"cells": []})).await?;
     // The agents, each with its own token.
@@ -210,37 +240,70 @@ async fn run() -> anyhow::Result<()> {
             let cell = format!("r{r}-c{c:03}");
             let created = post("/v1/tokens".into(), json!({"role": "agent", "cell": cell})).await?;
             let t = created["token"].as_str().unwrap_or_default().to_owned();
-            agents.push(tokio::spawn(agent(http.clone(), base.clone(), t, seen.clone(), cell)));
+            agents.push(tokio::spawn(agent(
+                http.clone(),
+                base.clone(),
+                t,
+                seen.clone(),
+                cell,
+            )));
         }
     }
     // Every agent runs 1.0.0.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let cells: Value = http.get(format!("{base}/v1/cells")).bearer_auth(&token).send().await?.json().await?;
-        let running = cells.as_array().map_or(0, |a| a.iter().filter(|c| c["release"] == "1.0.0").count());
+        let cells: Value = http
+            .get(format!("{base}/v1/cells"))
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let running = cells
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|c| c["release"] == "1.0.0").count());
         if running == REGIONS * CELLS_PER_REGION {
             break;
         }
         anyhow::ensure!(Instant::now() < deadline, "only {running} cells run 1.0.0");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    println!("{} simulated agents run 1.0.0; starting the train (bake {} per wave)", agents.len(), bake());
+    println!(
+        "{} simulated agents run 1.0.0; starting the train (bake {} per wave)",
+        agents.len(),
+        bake()
+    );
     let started_at = Instant::now();
     let started = post(
         "/v1/trains".into(),
         json!({"release": "1.1.0", "policy": {"name": "bench-policy.yaml", "content": policy()}}),
     )
     .await?;
-    let id = started["train"]["id"].as_str().unwrap_or_default().to_owned();
+    let id = started["train"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let train = loop {
-        let t: Value = http.get(format!("{base}/v1/trains/{id}")).bearer_auth(&token).send().await?.json().await?;
-        if ["done", "failed", "aborted", "halted"].contains(&t["phase"].as_str().unwrap_or_default()) {
+        let t: Value = http
+            .get(format!("{base}/v1/trains/{id}"))
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        if ["done", "failed", "aborted", "halted"]
+            .contains(&t["phase"].as_str().unwrap_or_default())
+        {
             break t;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let wall = started_at.elapsed();
-    anyhow::ensure!(train["phase"] == "done", "the train did not finish: {}", train["note"]);
+    anyhow::ensure!(
+        train["phase"] == "done",
+        "the train did not finish: {}",
+        train["note"]
+    );
     for a in &agents {
         a.abort();
     }
@@ -262,13 +325,18 @@ async fn run() -> anyhow::Result<()> {
     }
     propagation.sort();
     // Overhead per wave: start after the previous decision, decision after the last bake end.
-    let bake_secs: f64 = waves.iter().map(|w| w["bakeSecs"].as_f64().unwrap_or(0.0)).sum();
+    let bake_secs: f64 = waves
+        .iter()
+        .map(|w| w["bakeSecs"].as_f64().unwrap_or(0.0))
+        .sum();
     let mut start_gaps = 0.0;
     let mut decision_gaps = 0.0;
     let mut converge = 0.0;
     let mut previous_end = at(&train["createdAt"]);
     for w in &waves {
-        let (Some(start), Some(end)) = (at(&w["startedAt"]), at(&w["finishedAt"])) else { continue };
+        let (Some(start), Some(end)) = (at(&w["startedAt"]), at(&w["finishedAt"])) else {
+            continue;
+        };
         if let Some(p) = previous_end {
             start_gaps += (start - p).as_seconds_f64().max(0.0);
         }
@@ -288,7 +356,12 @@ async fn run() -> anyhow::Result<()> {
         }
         previous_end = Some(end);
     }
-    println!("train {id}: {} waves, {} cells, wall {:.1}s, bakes {bake_secs:.0}s", waves.len(), propagation.len(), wall.as_secs_f64());
+    println!(
+        "train {id}: {} waves, {} cells, wall {:.1}s, bakes {bake_secs:.0}s",
+        waves.len(),
+        propagation.len(),
+        wall.as_secs_f64()
+    );
     println!(
         "desired-state propagation (deploy commit → agent's long-poll answer), {} cells: p50 {:?}, p99 {:?}, max {:?}",
         propagation.len(),

@@ -249,6 +249,20 @@ fn parse_document(origin: &Origin, value: serde_json::Value) -> Result<Object, M
 pub fn parse_release(
     file: &ManifestFile,
 ) -> Result<(String, cellfleet_api::ReleaseSpec), ManifestError> {
+    let (origin, envelope) = single_document(file, "Release", "a release file")?;
+    if envelope.metadata.labels.is_some() {
+        return Err(origin.error("metadata.labels", "labels are only supported on Cell"));
+    }
+    release(&origin, envelope.metadata.name, envelope.spec)
+}
+
+/// The one document of a file that must hold exactly one, of `kind` (`what` names the file in
+/// errors: "a release file").
+fn single_document(
+    file: &ManifestFile,
+    kind: &str,
+    what: &str,
+) -> Result<(Origin, Envelope), ManifestError> {
     let origin = Origin {
         file: file.name.clone(),
         document: 1,
@@ -259,19 +273,16 @@ pub fn parse_release(
         None => serde_json::Value::Null,
     };
     if docs.next().is_some() {
-        return Err(origin.error("", "a release file holds exactly one document"));
+        return Err(origin.error("", format!("{what} holds exactly one document")));
     }
     let envelope = envelope(&origin, value)?;
-    if envelope.kind != "Release" {
+    if envelope.kind != kind {
         return Err(origin.error(
             "kind",
-            format!("expected kind Release, got {:?}", envelope.kind),
+            format!("expected kind {kind}, got {:?}", envelope.kind),
         ));
     }
-    if envelope.metadata.labels.is_some() {
-        return Err(origin.error("metadata.labels", "labels are only supported on Cell"));
-    }
-    release(&origin, envelope.metadata.name, envelope.spec)
+    Ok((origin, envelope))
 }
 
 /// A `Release` document's version and spec, checked.
@@ -516,25 +527,7 @@ mod tests;
 pub fn parse_train_policy(
     file: &ManifestFile,
 ) -> Result<cellfleet_api::TrainPolicy, ManifestError> {
-    let origin = Origin {
-        file: file.name.clone(),
-        document: 1,
-    };
-    let mut docs = yaml_serde::Deserializer::from_str(&file.content);
-    let value = match docs.next() {
-        Some(de) => read_document(&origin, de)?,
-        None => serde_json::Value::Null,
-    };
-    if docs.next().is_some() {
-        return Err(origin.error("", "a policy file holds exactly one document"));
-    }
-    let envelope = envelope(&origin, value)?;
-    if envelope.kind != "TrainPolicy" {
-        return Err(origin.error(
-            "kind",
-            format!("expected kind TrainPolicy, got {:?}", envelope.kind),
-        ));
-    }
+    let (origin, envelope) = single_document(file, "TrainPolicy", "a policy file")?;
     let policy: cellfleet_api::TrainPolicy = typed(&origin, "spec", envelope.spec)?;
     crate::trains::validate_policy(&policy)
         .map_err(|(path, message)| origin.error(path, message))?;

@@ -121,7 +121,10 @@ fn waves_canary_then_pooled_batches_per_region_then_dedicated() {
     );
     assert_eq!(waves[0].bake_secs, 600);
     assert_eq!(waves[3].kind, WaveKind::Dedicated);
-    assert!(waves[0].approval, "the default policy asks after the canary");
+    assert!(
+        waves[0].approval,
+        "the default policy asks after the canary"
+    );
     assert!(!waves[1].approval);
     // Labelled canaries replace the one-per-region rule; a bake override applies everywhere.
     cells[4].canary = true;
@@ -608,7 +611,11 @@ fn contract_migrations_go_out_only_after_every_cell_and_rollback_past_them_is_re
     // The cell has not applied V4 yet (it has not been released to it).
     sim.obs.cells.get_mut(&cell("c1")).unwrap().contract_applied = false;
     sim.step(t + TimeDelta::seconds(63));
-    assert_eq!(sim.phase, TrainPhase::Contracting, "the last wave passed: contract");
+    assert_eq!(
+        sim.phase,
+        TrainPhase::Contracting,
+        "the last wave passed: contract"
+    );
     assert!(sim.effects.contains(&Effect::ReleaseContract(4)));
     sim.step(t + TimeDelta::seconds(65));
     assert_eq!(sim.phase, TrainPhase::Contracting);
@@ -655,7 +662,10 @@ fn cells_added_during_a_train_follow_the_policy() {
 #[test]
 fn approval_between_waves() {
     APPROVE_CANARY.with(|a| a.set(true));
-    let mut sim = Sim::new(policy(), &[("c1", CellKind::Pooled), ("c2", CellKind::Pooled)]);
+    let mut sim = Sim::new(
+        policy(),
+        &[("c1", CellKind::Pooled), ("c2", CellKind::Pooled)],
+    );
     let t = t0();
     sim.step(t);
     sim.report("c1", t + TimeDelta::seconds(1), (100, 0), (0, 0));

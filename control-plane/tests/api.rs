@@ -251,9 +251,19 @@ fn routes() -> Vec<(&'static str, &'static str, Option<Value>, &'static [Role])>
             Some(json!({"rollback": true})),
             &[Admin, Sre],
         ),
-        ("POST", "/v1/trains/tr_unknown/rollback", None, &[Admin, Sre]),
+        (
+            "POST",
+            "/v1/trains/tr_unknown/rollback",
+            None,
+            &[Admin, Sre],
+        ),
         ("GET", "/v1/line", None, READERS),
-        ("POST", "/v1/line/stop", Some(json!({"reason": "test"})), &[Admin, Sre]),
+        (
+            "POST",
+            "/v1/line/stop",
+            Some(json!({"reason": "test"})),
+            &[Admin, Sre],
+        ),
         ("POST", "/v1/line/resume", None, &[Admin, Sre]),
         ("GET", "/v1/flags", None, READERS),
         (

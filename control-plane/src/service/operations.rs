@@ -43,7 +43,9 @@ impl Registry {
                     || since >= TRAIN_TICK
                     || l.deadline.is_some_and(|d| d <= now)
                     || (since >= NEWS_DELAY
-                        && self.train_news.swap(false, std::sync::atomic::Ordering::Relaxed))
+                        && self
+                            .train_news
+                            .swap(false, std::sync::atomic::Ordering::Relaxed))
             }
         };
         if due {

@@ -390,10 +390,10 @@ impl Registry {
                 if t.phase != TrainPhase::AwaitingApproval {
                     return refuse("promote");
                 }
-                if let Some(w) = state.waves.get_mut(state.current) {
-                    if w.outcome.as_deref() == Some("inconclusive") {
-                        w.outcome = Some("passed with approval".into());
-                    }
+                if let Some(w) = state.waves.get_mut(state.current)
+                    && w.outcome.as_deref() == Some("inconclusive")
+                {
+                    w.outcome = Some("passed with approval".into());
                 }
                 state.current += 1;
                 state.note = None;
