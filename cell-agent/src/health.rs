@@ -163,7 +163,7 @@ impl Window {
         if out.tenants.len() > 100 {
             let mut v: Vec<(String, (u64, u64))> =
                 std::mem::take(&mut out.tenants).into_iter().collect();
-            v.sort_by(|a, b| b.1.0.cmp(&a.1.0));
+            v.sort_by_key(|t| std::cmp::Reverse(t.1.0));
             out.tenants = v.into_iter().take(100).collect();
         }
         out.latency_p99_ms = quantile(&buckets, 0.99);

@@ -86,8 +86,12 @@ fn start(fleet: &LocalFleet, release: &str, policy: &str) -> String {
         .to_owned()
 }
 
-/// `(desired release, reported release, newest applied migration)` of every cell.
-fn cells(fleet: &LocalFleet) -> Vec<(String, Option<String>, Option<String>, Option<i64>)> {
+/// A cell as `cell list` shows it: `(name, desired release, reported release, newest applied
+/// migration)`.
+type CellSeen = (String, Option<String>, Option<String>, Option<i64>);
+
+/// Every cell as `cell list` shows it.
+fn cells(fleet: &LocalFleet) -> Vec<CellSeen> {
     fleet
         .run(&["cell", "list", "-o", "json"])
         .json()
