@@ -483,6 +483,7 @@ async fn report_loop(
         .unwrap_or_default();
     let mut reported: Option<AgentReport> = None;
     let mut backoff = Duration::from_millis(200);
+    let mut probe_tenant: Option<String> = None;
     loop {
         let s = status.borrow_and_update().clone();
         // Health: scrape the running workload; a failed scrape is a gap, not zero traffic.
@@ -519,7 +520,11 @@ async fn report_loop(
         isolation_drift.truncate(cellfleet_api::report_limits::DRIFT);
         // The synthetic probe tenant is reported apart: left out of tenant health.
         let probe = desired.as_ref().and_then(|d| d.probe.clone());
-        let probe_tenant = probe.as_ref().map(|p| p.tenant.to_string());
+        // The probe tenant stays out of tenant health after the bake too (its requests are
+        // still in the window for a minute).
+        if let Some(p) = &probe {
+            probe_tenant = Some(p.tenant.to_string());
+        }
         let running = s
             .workload
             .as_ref()

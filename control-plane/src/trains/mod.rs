@@ -512,13 +512,13 @@ fn run(spec: &TrainSpec, s: &mut TrainState, obs: &Observed, now: DateTime<Utc>,
                 .iter()
                 .filter(|c| c.step == CellStep::Deploying)
                 .count();
-            let left = wave
+            // Stable while nothing changes (a countdown would rewrite the row every look).
+            let until = wave
                 .cells
                 .iter()
-                .filter_map(|c| c.converged_at.map(|t| bake - (now - t)))
+                .filter_map(|c| c.converged_at.map(|t| t + bake))
                 .max()
-                .unwrap_or(bake)
-                .max(TimeDelta::zero());
+                .unwrap_or(now + bake);
             s.note = Some(if !waiting.is_empty() {
                 format!("wave {wave_name}: {}", waiting.join("; "))
             } else if deploying > 0 {
@@ -527,7 +527,10 @@ fn run(spec: &TrainSpec, s: &mut TrainState, obs: &Observed, now: DateTime<Utc>,
                     spec.release
                 )
             } else {
-                format!("wave {wave_name}: baking, {}s left", left.num_seconds())
+                format!(
+                    "wave {wave_name}: baking until {}",
+                    until.format("%H:%M:%S UTC")
+                )
             });
         }
         Verdict::Pass => {
