@@ -323,7 +323,11 @@ async fn moves_through_envoy_deliver_held_and_refused_requests() {
     let fleet = LocalFleet::start_opts(
         &[("cell-a", 5), ("cell-b", 5)],
         &FleetOptions {
-            serve_args: &["--router-gone-after", "6s", "--router-ack-timeout", "2s"],
+            // The ack timeout outlasts the first router's 2 s hold with room to spare: the held
+            // request below must get its 503 before the attempt is lifted (with both at 2 s a
+            // loaded machine noticed the freeze late, the lift came first and the held request
+            // was served on the unfrozen table).
+            serve_args: &["--router-gone-after", "6s", "--router-ack-timeout", "4s"],
             ..FleetOptions::default()
         },
     )
