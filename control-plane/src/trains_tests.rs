@@ -382,6 +382,43 @@ fn a_bad_canary_fails_early_and_is_rolled_back_before_any_other_cell() {
 }
 
 #[test]
+fn a_change_elsewhere_in_a_baking_cells_desired_state_is_not_a_failure() {
+    let mut sim = Sim::new(
+        policy(),
+        &[("c1", CellKind::Pooled), ("c2", CellKind::Pooled)],
+    );
+    let t = t0();
+    sim.step(t);
+    sim.report("c1", t + TimeDelta::seconds(1), (100, 0), (0, 0));
+    sim.step(t + TimeDelta::seconds(2));
+    assert_eq!(sim.cell_step("c1"), CellStep::Converged);
+    // A flag set mid-bake: the generation moves; the agent has not reported it yet.
+    sim.obs
+        .cells
+        .get_mut(&cell("c1"))
+        .unwrap()
+        .desired_generation += 1;
+    sim.step(t + TimeDelta::seconds(20));
+    assert_eq!(sim.phase, TrainPhase::Running);
+    assert!(sim.state.gates.is_empty(), "{:?}", sim.state.gates);
+    // But a cell whose agent went back to the old release fails at once.
+    let o = sim.obs.cells.get_mut(&cell("c1")).unwrap();
+    if let Some(r) = o.report.as_mut() {
+        r.release = Some("1.0.0".into());
+        r.at = t + TimeDelta::seconds(25);
+    }
+    sim.step(t + TimeDelta::seconds(25));
+    assert_eq!(sim.phase, TrainPhase::Failed);
+    assert!(
+        sim.state.gates[0]
+            .reason
+            .contains("no longer runs 2.0.0 (1.0.0)"),
+        "{}",
+        sim.state.gates[0].reason
+    );
+}
+
+#[test]
 fn halt_policy_leaves_the_cells_to_an_operator() {
     let mut p = policy();
     p.on_failure = OnFailure::Halt;

@@ -38,9 +38,18 @@ pub struct ReportObs {
 
 /// Whether `cell` runs `release` as desired now.
 pub fn converged(o: &CellObs, release: &str) -> bool {
+    runs(o, release)
+        && o.report
+            .as_ref()
+            .is_some_and(|r| r.observed_generation >= o.desired_generation)
+}
+
+/// Whether the cell's last report says it runs `release`, healthy and without errors — whatever
+/// its generation (a change elsewhere in its desired state, a flag say, is not a failure of the
+/// release while the agent catches up).
+pub fn runs(o: &CellObs, release: &str) -> bool {
     o.report.as_ref().is_some_and(|r| {
-        r.observed_generation >= o.desired_generation
-            && r.release.as_deref() == Some(release)
+        r.release.as_deref() == Some(release)
             && r.errors.is_empty()
             && r.workload.is_none_or(|w| w == WorkloadState::Running)
     })

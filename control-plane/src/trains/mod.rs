@@ -457,7 +457,7 @@ fn run(spec: &TrainSpec, s: &mut TrainState, obs: &Observed, now: DateTime<Utc>,
             let mut gate = judge_cell(&c.cell, &o, &spec.release, g, baked);
             // A cell that stopped running the release after it converged (the agent rolled it
             // back, it crash-loops) fails.
-            if !converged(&o, &spec.release)
+            if !runs(&o, &spec.release)
                 && o.report
                     .as_ref()
                     .is_some_and(|r| Some(r.at) > c.converged_at)
