@@ -57,24 +57,18 @@ async fn report_migrations(t: &TestRegistry, unmovable: &[(&str, &str)]) {
 
 /// Everything a refused move must leave as it was.
 async fn snapshot(t: &TestRegistry) -> Vec<i64> {
-    let mut conn = t.raw().await;
-    let mut out = Vec::new();
-    for sql in [
-        "SELECT count(*) FROM operations",
-        "SELECT count(*) FROM audit_log",
-        "SELECT count(*) FROM cells",
-        "SELECT count(*) FROM route_changes",
-        "SELECT CAST(coalesce(sum(desired_generation), 0) AS BIGINT) FROM cells",
-        "SELECT CAST(coalesce(sum(generation), 0) AS BIGINT) FROM placements",
-    ] {
-        out.push(
-            sqlx::query_scalar::<_, i64>(sql)
-                .fetch_one(&mut conn)
-                .await
-                .unwrap_or_else(|e| panic!("{sql}: {e}")),
-        );
-    }
-    out
+    counts(
+        t,
+        &[
+            "SELECT count(*) FROM operations",
+            "SELECT count(*) FROM audit_log",
+            "SELECT count(*) FROM cells",
+            "SELECT count(*) FROM route_changes",
+            "SELECT CAST(coalesce(sum(desired_generation), 0) AS BIGINT) FROM cells",
+            "SELECT CAST(coalesce(sum(generation), 0) AS BIGINT) FROM placements",
+        ],
+    )
+    .await
 }
 
 /// Starts `req` expecting a refusal; checks nothing changed and returns the error.

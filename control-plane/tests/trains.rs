@@ -32,22 +32,16 @@ fn start(release: &str) -> StartTrainRequest {
 
 /// Everything a refused request must leave as it was.
 async fn snapshot(t: &TestRegistry) -> Vec<i64> {
-    let mut conn = t.raw().await;
-    let mut out = Vec::new();
-    for sql in [
-        "SELECT count(*) FROM operations",
-        "SELECT count(*) FROM audit_log",
-        "SELECT count(*) FROM fleet_state",
-        "SELECT CAST(coalesce(sum(desired_generation), 0) AS BIGINT) FROM cells",
-    ] {
-        out.push(
-            sqlx::query_scalar::<_, i64>(sql)
-                .fetch_one(&mut conn)
-                .await
-                .unwrap_or_else(|e| panic!("{sql}: {e}")),
-        );
-    }
-    out
+    counts(
+        t,
+        &[
+            "SELECT count(*) FROM operations",
+            "SELECT count(*) FROM audit_log",
+            "SELECT count(*) FROM fleet_state",
+            "SELECT CAST(coalesce(sum(desired_generation), 0) AS BIGINT) FROM cells",
+        ],
+    )
+    .await
 }
 
 async fn refused(t: &TestRegistry, req: StartTrainRequest) -> Error {

@@ -293,32 +293,20 @@ impl Registry {
         } else {
             MovePhase::Capturing
         };
-        let row = OperationRow {
-            id: id.clone(),
-            kind: KIND.to_owned(),
-            subject: subject(&req.tenant, &req.env),
-            phase: first_phase.as_str().to_owned(),
-            version: 1,
-            spec: store::canonical(&spec),
-            state: store::canonical(&MoveState::default()),
-            reserves: Some(plan.target.to_string()),
-            lease_owner: None,
-            lease_until: None,
-            created_at: now,
-            updated_at: now,
-            finished_at: None,
-        };
-        store::insert_operation(tx.conn(), &row)
-            .await
-            .map_err(|e| match e {
-                store::StoreError::Sql(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-                    Error::Conflict(format!(
-                        "tenant {}/{} is already being moved",
-                        req.tenant, req.env
-                    ))
-                }
-                other => other.into(),
-            })?;
+        super::operations::insert_new(
+            &mut tx,
+            super::operations::NewOperation {
+                id: &id,
+                kind: KIND,
+                subject: &subject(&req.tenant, &req.env),
+                phase: first_phase.as_str(),
+                spec: store::canonical(&spec),
+                state: store::canonical(&MoveState::default()),
+                reserves: Some(plan.target.to_string()),
+            },
+            || format!("tenant {}/{} is already being moved", req.tenant, req.env),
+        )
+        .await?;
         tx.touch(&spec.source);
         tx.touch(&spec.target);
         tx.audit(

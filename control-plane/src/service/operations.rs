@@ -158,3 +158,48 @@ impl Registry {
         Ok(())
     }
 }
+
+/// A new operation: its row at version 1, unleased, created at the mutation's time.
+pub(super) struct NewOperation<'a> {
+    pub id: &'a str,
+    pub kind: &'a str,
+    pub subject: &'a str,
+    pub phase: &'a str,
+    /// What was asked and the first state, as canonical JSON.
+    pub spec: String,
+    pub state: String,
+    pub reserves: Option<String>,
+}
+
+/// Inserts a new operation in `tx`; when its subject already has an open one, the conflict
+/// says `taken` (the partial unique index decides, so two racing starts cannot both insert).
+pub(super) async fn insert_new(
+    tx: &mut store::Tx,
+    new: NewOperation<'_>,
+    taken: impl FnOnce() -> String,
+) -> Result<()> {
+    let now = tx.now;
+    let row = store::OperationRow {
+        id: new.id.to_owned(),
+        kind: new.kind.to_owned(),
+        subject: new.subject.to_owned(),
+        phase: new.phase.to_owned(),
+        version: 1,
+        spec: new.spec,
+        state: new.state,
+        reserves: new.reserves,
+        lease_owner: None,
+        lease_until: None,
+        created_at: now,
+        updated_at: now,
+        finished_at: None,
+    };
+    store::insert_operation(tx.conn(), &row)
+        .await
+        .map_err(|e| match e {
+            store::StoreError::Sql(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                Error::Conflict(taken())
+            }
+            other => other.into(),
+        })
+}

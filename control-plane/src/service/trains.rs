@@ -293,37 +293,24 @@ impl Registry {
             started_by: tx.caller.actor.clone(),
         };
         let id = train_id();
-        let now = tx.now;
         let state = TrainState {
             waves,
             ..Default::default()
         };
-        let row = OperationRow {
-            id: id.clone(),
-            kind: KIND.to_owned(),
-            subject: SUBJECT.to_owned(),
-            phase: TrainPhase::Running.as_str().to_owned(),
-            version: 1,
-            spec: store::canonical(&spec),
-            state: store::canonical(&state),
-            reserves: None,
-            lease_owner: None,
-            lease_until: None,
-            created_at: now,
-            updated_at: now,
-            finished_at: None,
-        };
-        store::insert_operation(tx.conn(), &row)
-            .await
-            .map_err(|e| match e {
-                store::StoreError::Sql(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-                    Error::Conflict(
-                        "another train started meanwhile: one train drives the fleet at a time"
-                            .into(),
-                    )
-                }
-                other => other.into(),
-            })?;
+        super::operations::insert_new(
+            &mut tx,
+            super::operations::NewOperation {
+                id: &id,
+                kind: KIND,
+                subject: SUBJECT,
+                phase: TrainPhase::Running.as_str(),
+                spec: store::canonical(&spec),
+                state: store::canonical(&state),
+                reserves: None,
+            },
+            || "another train started meanwhile: one train drives the fleet at a time".into(),
+        )
+        .await?;
         tx.audit(
             "train.start",
             &format!("train/{id}"),

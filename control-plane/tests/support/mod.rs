@@ -115,6 +115,21 @@ metadata: {name: euw1-ded-1}
 spec: {region: eu-west-1, kind: dedicated, env: prod}
 "#;
 
+/// One number per query (`SELECT count(*) …`): what a refused request must leave as it was.
+pub async fn counts(t: &TestRegistry, queries: &[&str]) -> Vec<i64> {
+    let mut conn = t.raw().await;
+    let mut out = Vec::new();
+    for sql in queries {
+        out.push(
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(*sql))
+                .fetch_one(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+        );
+    }
+    out
+}
+
 /// The example workload's two migrations, as an agent reports them applied.
 pub fn two_migrations() -> Vec<cellfleet_api::AppliedMigration> {
     [(1, "ab"), (2, "cd")]
