@@ -11,6 +11,7 @@ pub mod failpoints;
 pub mod ids;
 pub mod model;
 pub mod moves;
+pub mod runbooks;
 pub mod trains;
 pub mod workload;
 
@@ -18,6 +19,7 @@ pub use agent::*;
 pub use ids::{CellName, Env, Generation, IdError, RegionName, TenantId};
 pub use model::*;
 pub use moves::*;
+pub use runbooks::*;
 pub use trains::*;
 pub use workload::{CellTenant, CellTenants, WorkloadHealth};
 

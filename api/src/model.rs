@@ -231,6 +231,9 @@ pub struct TenantSpec {
     pub flags: BTreeMap<String, serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slo: Option<Slo>,
+    /// Who to tell about the tenant (addresses; runbooks' `notify` steps write to them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owners: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -94,6 +94,10 @@ pub struct TrainPolicy {
     pub probes: ProbePolicy,
     pub on_failure: OnFailure,
     pub on_inconclusive: OnInconclusive,
+    /// Leave `draining` cells out (they are being emptied); by default they get the release
+    /// like any cell that still serves tenants.
+    #[serde(default)]
+    pub skip_draining: bool,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -33,10 +33,12 @@ pub enum Action {
     ManageAudit,
     /// Run release trains, stop the line, roll feature flags out.
     ManageReleases,
+    /// Run, approve and abort runbooks (each runbook names the roles that may run it).
+    RunRunbooks,
 }
 
 impl Action {
-    pub const ALL: [Action; 10] = [
+    pub const ALL: [Action; 11] = [
         Action::ReadFleet,
         Action::ReadAudit,
         Action::ReadMetadata,
@@ -47,6 +49,7 @@ impl Action {
         Action::ReadRoutes,
         Action::ManageAudit,
         Action::ManageReleases,
+        Action::RunRunbooks,
     ];
 
     pub fn describe(self) -> &'static str {
@@ -61,6 +64,7 @@ impl Action {
             Action::ReadRoutes => "read the routing table",
             Action::ManageAudit => "checkpoint the audit log",
             Action::ManageReleases => "run release trains and flags",
+            Action::RunRunbooks => "run runbooks",
         }
     }
 }
@@ -79,10 +83,11 @@ pub fn allows(role: Role, action: Action) -> bool {
                 | ReadRoutes
                 | ManageInfrastructure
                 | ManageReleases
+                | RunRunbooks
         ),
         Role::Operator => matches!(
             action,
-            ReadFleet | ReadAudit | ReadMetadata | ReadRoutes | ManageTenants
+            ReadFleet | ReadAudit | ReadMetadata | ReadRoutes | ManageTenants | RunRunbooks
         ),
         Role::Viewer => matches!(action, ReadFleet | ReadAudit | ReadMetadata | ReadRoutes),
         Role::Agent => action == AgentSync,

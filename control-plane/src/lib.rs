@@ -20,6 +20,9 @@ pub mod manifest;
 pub mod moves;
 pub mod placement;
 pub mod provider;
+pub mod runbooks;
+#[cfg(test)]
+mod runbooks_tests;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -445,6 +445,14 @@ pub fn validate_cell(
 }
 
 pub fn validate_tenant(origin: &Origin, spec: &TenantSpec) -> Result<(), ManifestError> {
+    for (i, o) in spec.owners.iter().enumerate() {
+        if o.is_empty() || o.len() > 254 || o.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(origin.error(
+                format!("spec.owners[{i}]"),
+                format!("{o:?} is not an address (1–254 characters, no spaces)"),
+            ));
+        }
+    }
     let display = spec.display_name.trim();
     if display.is_empty() || display.chars().count() > 200 {
         return Err(origin.error("spec.displayName", "must be 1–200 characters"));
@@ -532,4 +540,23 @@ pub fn parse_train_policy(
     crate::trains::validate_policy(&policy)
         .map_err(|(path, message)| origin.error(path, message))?;
     Ok(policy)
+}
+
+/// A `kind: Runbook` file: its name and spec, checked (the error names file, document and path).
+pub fn parse_runbook(
+    file: &ManifestFile,
+) -> Result<(String, cellfleet_api::RunbookSpec), ManifestError> {
+    let (origin, envelope) = single_document(file, "Runbook", "a runbook file")?;
+    let name = envelope.metadata.name;
+    if name.parse::<CellName>().is_err() {
+        return Err(origin.error(
+            "metadata.name",
+            format!(
+                "{name:?} is not a runbook name (a DNS label: lower-case letters, digits and -)"
+            ),
+        ));
+    }
+    let spec: cellfleet_api::RunbookSpec = typed(&origin, "spec", envelope.spec)?;
+    crate::runbooks::validate(&spec).map_err(|(path, message)| origin.error(path, message))?;
+    Ok((name, spec))
 }

@@ -7,6 +7,7 @@
 mod client;
 mod moves;
 mod output;
+mod runbooks;
 mod trains;
 mod up;
 
@@ -112,6 +113,12 @@ pub enum Command {
     /// Fleet feature flags: roll out, kill.
     #[command(subcommand)]
     Flag(trains::FlagCommand),
+    /// Runbooks: list, show, run (with --dry-run), follow, approve, abort.
+    #[command(subcommand)]
+    Runbook(runbooks::RunbookCommand),
+    /// Events the fleet emitted (runbooks' notify steps).
+    #[command(subcommand)]
+    Event(runbooks::EventCommand),
 }
 
 #[derive(Debug, Args)]
@@ -158,6 +165,12 @@ pub struct ServeArgs {
     /// Cut-over attempts a move makes before it stops (aborted, the tenant where it was).
     #[arg(long, env = "CELLFLEET_CUTOVER_ATTEMPTS", default_value_t = 5)]
     pub cutover_attempts: usize,
+    /// A folder of runbooks (`*.yaml`, with a `NAME.md` page beside each) besides the shipped
+    /// ones; repeatable. Read on every use: a new or edited file needs no restart. A runbook
+    /// here may run what its steps say for the roles it names: keep the folder as guarded as
+    /// the server's configuration.
+    #[arg(long = "runbooks", env = "CELLFLEET_RUNBOOKS", value_delimiter = ':')]
+    pub runbooks: Vec<PathBuf>,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -236,12 +249,35 @@ pub struct CreateTenantArgs {
     /// Feature flag NAME=JSON (e.g. newEditor=true); repeatable.
     #[arg(long = "flag")]
     pub flags: Vec<String>,
+    /// Who to tell about the tenant (an address); repeatable.
+    #[arg(long = "owner")]
+    pub owners: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum CellCommand {
     List,
-    Get { name: CellName },
+    Get {
+        name: CellName,
+    },
+    /// ready → draining: no new placements (the cell-drain runbook also moves its tenants out).
+    Drain {
+        name: CellName,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// draining → ready.
+    Undrain {
+        name: CellName,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// draining → retired, once nothing is placed on it and no move goes through it.
+    Retire {
+        name: CellName,
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -355,6 +391,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         admin_token_file: args.admin_token_file,
         settings: Settings {
             archive_retention: args.archive_retention,
+            runbook_dirs: args.runbooks,
             ..Settings::default()
         },
         max_body_bytes: args.max_body_bytes,
@@ -427,6 +464,17 @@ async fn operate(client: &Client, format: Format, command: Command) -> anyhow::R
         Command::StopTheLine { reason } => trains::stop_line(client, format, reason).await?,
         Command::ResumeTheLine => trains::resume_line(client, format).await?,
         Command::Flag(cmd) => trains::flags(client, format, cmd).await?,
+        Command::Runbook(cmd) => return runbooks::run(client, format, cmd).await,
+        Command::Event(cmd) => runbooks::events(client, format, cmd).await?,
+        Command::Cell(CellCommand::Drain { name, reason }) => {
+            runbooks::lifecycle(client, format, "drain", &name, reason).await?
+        }
+        Command::Cell(CellCommand::Undrain { name, reason }) => {
+            runbooks::lifecycle(client, format, "undrain", &name, reason).await?
+        }
+        Command::Cell(CellCommand::Retire { name, reason }) => {
+            runbooks::lifecycle(client, format, "retire", &name, reason).await?
+        }
         Command::Cell(CellCommand::List) => show(
             format,
             &client.get::<Vec<CellView>>("/v1/cells").await?,
@@ -670,6 +718,7 @@ fn tenant_spec(a: CreateTenantArgs) -> anyhow::Result<TenantSpec> {
         },
         flags,
         slo: None,
+        owners: a.owners,
     })
 }
 

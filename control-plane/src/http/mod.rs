@@ -14,6 +14,7 @@ mod metrics;
 mod moves;
 mod releases;
 mod routes;
+mod runbooks;
 mod tenants;
 mod trains;
 
@@ -70,6 +71,17 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/cells", get(fleet::list_cells))
         .route("/v1/cells/{name}", get(fleet::get_cell))
         .route("/v1/cells/{name}/desired", get(agent::cell_desired))
+        .route("/v1/cells/{name}/drain", post(runbooks::drain))
+        .route("/v1/cells/{name}/undrain", post(runbooks::undrain))
+        .route("/v1/cells/{name}/retire", post(runbooks::retire))
+        .route("/v1/runbooks", get(runbooks::list))
+        .route("/v1/runbooks/{name}", get(runbooks::show))
+        .route("/v1/runbooks/{name}/runs", post(runbooks::run))
+        .route("/v1/runbook-runs", get(runbooks::runs))
+        .route("/v1/runbook-runs/{id}", get(runbooks::get_run))
+        .route("/v1/runbook-runs/{id}/approve", post(runbooks::approve))
+        .route("/v1/runbook-runs/{id}/abort", post(runbooks::abort))
+        .route("/v1/events", get(runbooks::events))
         .route("/v1/releases", get(releases::list).post(releases::create))
         .route("/v1/releases/{version}/deploy", post(releases::deploy))
         .route("/v1/routes", get(routes::snapshot))
@@ -191,6 +203,9 @@ fn long_poll_wait(timeout: Option<&str>) -> Result<std::time::Duration, ApiError
         trains::start, trains::list, trains::get, trains::promote, trains::pause, trains::resume,
         trains::abort, trains::rollback, trains::line, trains::stop_line, trains::resume_line,
         trains::flags, trains::set_flag, trains::kill_flag,
+        runbooks::list, runbooks::show, runbooks::run, runbooks::runs, runbooks::get_run,
+        runbooks::approve, runbooks::abort, runbooks::events,
+        runbooks::drain, runbooks::undrain, runbooks::retire,
         tenants::list, tenants::create, tenants::get, tenants::delete, tenants::suspend,
         tenants::resume, tenants::archive, tenants::explain, tenants::context,
         admin::create_token, admin::list_tokens, admin::revoke_token,

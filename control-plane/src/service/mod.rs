@@ -5,6 +5,7 @@
 mod agents;
 mod apply;
 mod audit;
+pub mod cells;
 mod diff;
 mod flags;
 pub mod migrations;
@@ -13,6 +14,7 @@ mod operations;
 mod placing;
 mod releases;
 mod routes;
+mod runbooks;
 mod tenants;
 mod tokens;
 pub mod trains;
@@ -112,6 +114,8 @@ pub struct Settings {
     /// `serve`.
     #[doc(hidden)]
     pub reports_under_lock: bool,
+    /// Folders of runbooks besides the shipped ones (`serve --runbooks`).
+    pub runbook_dirs: Vec<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -120,6 +124,7 @@ impl Default for Settings {
             archive_retention: Duration::from_secs(30 * 24 * 3600),
             policy: Policy::default(),
             reports_under_lock: false,
+            runbook_dirs: Vec::new(),
         }
     }
 }

@@ -54,7 +54,7 @@ pub struct MoveRecord {
 }
 
 impl MoveRecord {
-    fn decode(op: &OperationRow) -> Result<MoveRecord> {
+    pub(super) fn decode(op: &OperationRow) -> Result<MoveRecord> {
         let bad = |why: String| Error::Store(store::corrupt(format!("move {}", op.id), why));
         Ok(MoveRecord {
             id: op.id.clone(),
@@ -237,13 +237,30 @@ impl Registry {
     /// Plans a move and (unless `dry_run`) starts it.
     pub async fn start_move(&self, caller: &Caller, req: &StartMoveRequest) -> Result<MoveStarted> {
         let mut tx = self.store.begin(caller).await?;
-        let (plan, new_cell) = self.plan_move(&mut tx, req).await?;
         if req.dry_run {
+            let (plan, _) = self.plan_move(&mut tx, req).await?;
             return Ok(MoveStarted {
                 plan,
                 started: None,
             });
         }
+        let (plan, id) = self.start_move_in(&mut tx, req).await?;
+        self.commit(tx).await?;
+        self.operations_changed();
+        Ok(MoveStarted {
+            plan,
+            started: Some(self.get_move(&id).await?),
+        })
+    }
+
+    /// Plans and starts a move inside `tx` (a runbook step starts one in the same transaction
+    /// that records it); the caller commits. Returns the plan and the move's id.
+    pub(super) async fn start_move_in(
+        &self,
+        tx: &mut store::Tx,
+        req: &StartMoveRequest,
+    ) -> Result<(MovePlan, String)> {
+        let (plan, new_cell) = self.plan_move(tx, req).await?;
         if let Some(failed) = plan.checks.iter().find(|c| !c.ok) {
             return Err(Error::Conflict(format!(
                 "cannot move {}/{}: {} ({})",
@@ -294,7 +311,7 @@ impl Registry {
             MovePhase::Capturing
         };
         super::operations::insert_new(
-            &mut tx,
+            tx,
             super::operations::NewOperation {
                 id: &id,
                 kind: KIND,
@@ -315,12 +332,7 @@ impl Registry {
             json!({ "move": id, "from": spec.source, "to": spec.target, "request": req.to,
                     "maxWritePauseMs": spec.max_write_pause_ms, "rollbackWindowSecs": spec.rollback_window_secs }),
         );
-        self.commit(tx).await?;
-        self.operations_changed();
-        Ok(MoveStarted {
-            plan,
-            started: Some(self.get_move(&id).await?),
-        })
+        Ok((plan, id))
     }
 
     /// The edge routers seen on their watches, with their acknowledged versions.
@@ -364,9 +376,8 @@ impl Registry {
         Ok(())
     }
 
-    /// Every check of a move, and where it would go.
     /// Every check of a move, and where it would go (with the cell to provision, if any).
-    async fn plan_move(
+    pub(super) async fn plan_move(
         &self,
         tx: &mut store::Tx,
         req: &StartMoveRequest,

@@ -130,6 +130,14 @@ impl Registry {
                         }
                         self.step_train(&current).await
                     }
+                    crate::runbooks::KIND => {
+                        // A run looks at most every TRAIN_TICK unless it changed: each look
+                        // takes the mutation lock, and its steps wait on moves and agents.
+                        if !self.train_due(&current) {
+                            break;
+                        }
+                        self.step_runbook(&current).await
+                    }
                     other => {
                         tracing::error!(operation = %current.id, kind = other, "unknown operation kind");
                         Ok(false)

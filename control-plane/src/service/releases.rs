@@ -43,33 +43,43 @@ impl Registry {
         cells: &[CellName],
     ) -> Result<Vec<CellName>> {
         let mut tx = self.store.begin(caller).await?;
-        if store::get_release(tx.conn(), version).await?.is_none() {
-            return Err(not_found("release", version));
-        }
-        let targets = if cells.is_empty() {
-            store::cell_names(tx.conn()).await?
-        } else {
-            cells.to_vec()
-        };
-        let mut changed = Vec::new();
-        for cell in &targets {
-            let row = store::get_cell(tx.conn(), cell)
-                .await?
-                .ok_or_else(|| not_found("cell", cell))?;
-            if row.desired_release.as_deref() == Some(version) {
-                continue;
-            }
-            super::trains::assign_release(&mut tx, cell, Some(version)).await?;
-            tx.audit(
-                "cell.release",
-                &format!("cell/{cell}"),
-                json!({ "from": row.desired_release, "to": version }),
-            );
-            changed.push(cell.clone());
-        }
+        let changed = deploy_release_in(&mut tx, version, cells).await?;
         self.commit(tx).await?;
         Ok(changed)
     }
+}
+
+/// Assigns `version` to `cells` (every cell when empty) inside `tx`: the cells that changed.
+pub(super) async fn deploy_release_in(
+    tx: &mut Tx,
+    version: &str,
+    cells: &[CellName],
+) -> Result<Vec<CellName>> {
+    if store::get_release(tx.conn(), version).await?.is_none() {
+        return Err(not_found("release", version));
+    }
+    let targets = if cells.is_empty() {
+        store::cell_names(tx.conn()).await?
+    } else {
+        cells.to_vec()
+    };
+    let mut changed = Vec::new();
+    for cell in &targets {
+        let row = store::get_cell(tx.conn(), cell)
+            .await?
+            .ok_or_else(|| not_found("cell", cell))?;
+        if row.desired_release.as_deref() == Some(version) {
+            continue;
+        }
+        super::trains::assign_release(tx, cell, Some(version)).await?;
+        tx.audit(
+            "cell.release",
+            &format!("cell/{cell}"),
+            json!({ "from": row.desired_release, "to": version }),
+        );
+        changed.push(cell.clone());
+    }
+    Ok(changed)
 }
 
 /// Stores a release inside a mutation (`release create`, or a `Release` document of an apply,

@@ -19,6 +19,7 @@ mod audit_log;
 mod operations;
 mod registry;
 mod routes;
+mod runbooks;
 mod tokens;
 mod trains;
 
@@ -40,6 +41,7 @@ pub use audit_log::{
 pub use operations::*;
 pub use registry::*;
 pub use routes::*;
+pub use runbooks::*;
 pub use tokens::*;
 pub use trains::*;
 
@@ -278,6 +280,28 @@ impl Tx {
     /// Notes that `cell`'s desired state may have changed in this mutation.
     pub fn touch(&mut self, cell: &CellName) {
         self.touched.insert(cell.clone());
+    }
+
+    /// Opens a savepoint: [`Tx::undo`] takes back what the mutation wrote (and audited) since,
+    /// [`Tx::keep`] keeps it. A runbook step whose effect is refused fails alone, without
+    /// leaving half of that effect in the step's transaction.
+    pub async fn mark(&mut self) -> Result<usize> {
+        self.tx.execute("SAVEPOINT cellfleet_step").await?;
+        Ok(self.audit.len())
+    }
+
+    pub async fn undo(&mut self, mark: usize) -> Result<()> {
+        self.tx
+            .execute("ROLLBACK TO SAVEPOINT cellfleet_step")
+            .await?;
+        self.tx.execute("RELEASE SAVEPOINT cellfleet_step").await?;
+        self.audit.truncate(mark);
+        Ok(())
+    }
+
+    pub async fn keep(&mut self) -> Result<()> {
+        self.tx.execute("RELEASE SAVEPOINT cellfleet_step").await?;
+        Ok(())
     }
 
     /// The cells touched so far (drained).

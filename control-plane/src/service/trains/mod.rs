@@ -216,7 +216,11 @@ impl Registry {
         let cells: Vec<store::CellRow> = store::list_cells(tx.conn())
             .await?
             .into_iter()
-            .filter(|c| matches!(c.state, CellState::Ready | CellState::Draining))
+            .filter(|c| match c.state {
+                CellState::Ready => true,
+                CellState::Draining => !policy.skip_draining,
+                _ => false,
+            })
             .collect();
         // A train only goes forward: an older release is a rollback, which has its own command.
         if let Some(wanted) = semver_of(&release.version) {
@@ -358,6 +362,20 @@ impl Registry {
         command: TrainCommand,
     ) -> Result<TrainView> {
         let mut tx = self.store.begin(caller).await?;
+        self.train_command_in(&mut tx, id, command).await?;
+        self.commit(tx).await?;
+        self.operations_changed();
+        self.get_train(id).await
+    }
+
+    /// A train command inside `tx` (a runbook step commands a train in the transaction that
+    /// records it); the caller commits.
+    pub(super) async fn train_command_in(
+        &self,
+        tx: &mut Tx,
+        id: &str,
+        command: TrainCommand,
+    ) -> Result<()> {
         let op = store::get_operation(tx.conn(), id)
             .await?
             .filter(|o| o.kind == KIND)
@@ -404,7 +422,7 @@ impl Registry {
                     return refuse("abort");
                 }
                 if req.rollback {
-                    effects = self.rollback_effects(&mut tx, &mut state, None).await?;
+                    effects = self.rollback_effects(tx, &mut state, None).await?;
                 }
                 state.note = Some(format!(
                     "aborted by {}{}",
@@ -429,7 +447,7 @@ impl Registry {
                     )));
                 }
                 effects = self
-                    .rollback_effects(&mut tx, &mut state, req.cell.as_ref())
+                    .rollback_effects(tx, &mut state, req.cell.as_ref())
                     .await?;
                 if effects.is_empty() {
                     return Err(Error::Conflict(format!(
@@ -468,8 +486,8 @@ impl Registry {
                 "train {id} changed meanwhile; try again"
             )));
         }
-        self.apply_effects(&mut tx, &t.spec, &effects).await?;
-        touch_train_cells(&mut tx, &t.state);
+        self.apply_effects(tx, &t.spec, &effects).await?;
+        touch_train_cells(tx, &t.state);
         let (action, detail) = match &command {
             TrainCommand::Promote => ("train.promote", json!({ "wave": state.current })),
             TrainCommand::Pause => ("train.pause", json!({})),
@@ -489,9 +507,7 @@ impl Registry {
             &format!("train/{id}"),
             json!({ "from": t.phase, "detail": detail, "reverted": reverted }),
         );
-        self.commit(tx).await?;
-        self.operations_changed();
-        self.get_train(id).await
+        Ok(())
     }
 
     /// Rolls back every changed cell of the train (or `only`), refusing — for all of them, with
@@ -583,25 +599,7 @@ impl Registry {
             return Err(Error::Invalid("reason: at most 500 characters".into()));
         }
         let mut tx = self.store.begin(caller).await?;
-        let trains: Vec<String> = open_trains(tx.conn())
-            .await?
-            .into_iter()
-            .map(|t| t.id)
-            .collect();
-        let view = LineView {
-            stopped: true,
-            reason: reason.clone(),
-            by: Some(tx.caller.actor.clone()),
-            at: Some(tx.now),
-            trains: trains.clone(),
-        };
-        let now = tx.now;
-        store::set_fleet_value(tx.conn(), store::LINE, Some(&store::canonical(&view)), now).await?;
-        tx.audit(
-            "line.stop",
-            "fleet/line",
-            json!({ "reason": reason, "trains": trains }),
-        );
+        let view = stop_line_in(&mut tx, reason).await?;
         self.commit(tx).await?;
         self.operations_changed();
         Ok(view)
@@ -609,17 +607,7 @@ impl Registry {
 
     pub async fn resume_line(&self, caller: &Caller) -> Result<LineView> {
         let mut tx = self.store.begin(caller).await?;
-        let before = line(tx.conn()).await?;
-        if !before.stopped {
-            return Err(Error::Conflict("the line is not stopped".into()));
-        }
-        let now = tx.now;
-        store::set_fleet_value(tx.conn(), store::LINE, None, now).await?;
-        tx.audit(
-            "line.resume",
-            "fleet/line",
-            json!({ "stoppedBy": before.by, "reason": before.reason }),
-        );
+        resume_line_in(&mut tx).await?;
         self.commit(tx).await?;
         self.operations_changed();
         Ok(LineView {
@@ -630,7 +618,6 @@ impl Registry {
             trains: Vec::new(),
         })
     }
-
     /// One step of a train (the driver calls it); `true` when it moved on.
     pub(super) async fn step_train(&self, op: &OperationRow) -> Result<bool> {
         let t = TrainRecord::decode(op)?;
@@ -724,4 +711,78 @@ pub enum TrainCommand {
     Resume,
     Abort(AbortTrainRequest),
     Rollback(RollbackTrainRequest),
+}
+
+/// `stop-the-line` inside `tx`: every open train stops where it is.
+pub(super) async fn stop_line_in(tx: &mut Tx, reason: Option<String>) -> Result<LineView> {
+    let trains: Vec<String> = open_trains(tx.conn())
+        .await?
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    let view = LineView {
+        stopped: true,
+        reason: reason.clone(),
+        by: Some(tx.caller.actor.clone()),
+        at: Some(tx.now),
+        trains: trains.clone(),
+    };
+    let now = tx.now;
+    store::set_fleet_value(tx.conn(), store::LINE, Some(&store::canonical(&view)), now).await?;
+    tx.audit(
+        "line.stop",
+        "fleet/line",
+        json!({ "reason": reason, "trains": trains }),
+    );
+    Ok(view)
+}
+
+/// `resume-the-line` inside `tx`; refused when the line runs.
+pub(super) async fn resume_line_in(tx: &mut Tx) -> Result<()> {
+    let before = line(tx.conn()).await?;
+    if !before.stopped {
+        return Err(Error::Conflict("the line is not stopped".into()));
+    }
+    let now = tx.now;
+    store::set_fleet_value(tx.conn(), store::LINE, None, now).await?;
+    tx.audit(
+        "line.resume",
+        "fleet/line",
+        json!({ "stoppedBy": before.by, "reason": before.reason }),
+    );
+    Ok(())
+}
+
+/// A train's release and cells as `tx` sees them: `(cell, step, previous release)` of every
+/// wave's cells, wave by wave (runbook steps read them around a command).
+pub(super) async fn train_cells_in(
+    tx: &mut Tx,
+    id: &str,
+) -> Result<(String, Vec<Vec<(CellName, CellStep, Option<String>)>>)> {
+    let op = store::get_operation(tx.conn(), id)
+        .await?
+        .filter(|o| o.kind == KIND)
+        .ok_or_else(|| not_found("train", id))?;
+    let t = TrainRecord::decode(&op)?;
+    Ok((
+        t.spec.release,
+        t.state
+            .waves
+            .iter()
+            .map(|w| {
+                w.cells
+                    .iter()
+                    .map(|c| (c.cell.clone(), c.step, c.previous.clone()))
+                    .collect()
+            })
+            .collect(),
+    ))
+}
+
+/// The newest train (any phase), if there is one.
+pub(super) async fn latest_train(conn: &mut sqlx::AnyConnection) -> Result<Option<String>> {
+    Ok(store::list_operations(conn, KIND, false, 1)
+        .await?
+        .first()
+        .map(|o| o.id.clone()))
 }

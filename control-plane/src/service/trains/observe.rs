@@ -59,10 +59,11 @@ impl Registry {
             }),
             contract_pending,
         };
-        for c in cells
-            .iter()
-            .filter(|c| matches!(c.state, CellState::Ready | CellState::Draining))
-        {
+        for c in cells.iter().filter(|c| match c.state {
+            CellState::Ready => true,
+            CellState::Draining => !t.spec.policy.skip_draining,
+            _ => false,
+        }) {
             let report = reports.get(c.name.as_str());
             let mut o = CellObs {
                 exists: true,

@@ -1,0 +1,806 @@
+//! Runbooks, the pure part (SPEC §2, §9): the catalog (shipped runbooks compiled in, plus the
+//! folders an operator points the server at), a definition's checks (every step kind, argument,
+//! condition and `${…}` reference, each error with its field path), typed parameters, and the
+//! `${…}` templates steps are written with. No I/O beyond reading the folders: the service
+//! (`service::runbooks`) runs the steps as an operation like moves and trains.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use cellfleet_api::{
+    CellName, Env, ManifestFile, OnStepFailure, ParamSpec, ParamType, RunbookSpec, StepKind,
+    StepSpec, TenantId,
+};
+use serde_json::{Value, json};
+
+mod template;
+
+pub use template::{Context, display, references, render};
+
+/// The operation kind of runbook runs.
+pub const KIND: &str = "runbook";
+/// How long a `wait-for` waits when its step names no `timeout`.
+pub const DEFAULT_WAIT: &str = "10m";
+/// The most items a `for-each` runs at once.
+pub const MAX_CONCURRENCY: i64 = 32;
+
+/// The runbooks shipped in `runbooks/`: name, definition, page.
+pub const SHIPPED: &[(&str, &str, &str)] = &[
+    (
+        "tenant-move",
+        include_str!("../../../runbooks/tenant-move.yaml"),
+        include_str!("../../../runbooks/tenant-move.md"),
+    ),
+    (
+        "cell-drain",
+        include_str!("../../../runbooks/cell-drain.yaml"),
+        include_str!("../../../runbooks/cell-drain.md"),
+    ),
+    (
+        "release-rollback",
+        include_str!("../../../runbooks/release-rollback.yaml"),
+        include_str!("../../../runbooks/release-rollback.md"),
+    ),
+    (
+        "hotfix",
+        include_str!("../../../runbooks/hotfix.yaml"),
+        include_str!("../../../runbooks/hotfix.md"),
+    ),
+    (
+        "incident-comms",
+        include_str!("../../../runbooks/incident-comms.yaml"),
+        include_str!("../../../runbooks/incident-comms.md"),
+    ),
+];
+
+/// A runbook ready to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Runbook {
+    pub name: String,
+    /// `shipped`, or the file.
+    pub source: String,
+    pub spec: RunbookSpec,
+    pub page: Option<String>,
+}
+
+/// One entry of the catalog: a runbook, or a file that could not be read as one.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: String,
+    pub source: String,
+    pub runbook: Result<Runbook, String>,
+}
+
+/// The shipped runbooks, then every `*.yaml`/`*.yml` of `dirs` (a folder's runbook replaces a
+/// shipped one of the same name: operators adapt them). A file that does not parse is an entry
+/// with its error (named by file, document and path), listed and refused when run.
+pub fn catalog(dirs: &[PathBuf]) -> Vec<Entry> {
+    let mut out: BTreeMap<String, Entry> = BTreeMap::new();
+    for (name, yaml, page) in SHIPPED {
+        let file = ManifestFile {
+            name: format!("runbooks/{name}.yaml"),
+            content: (*yaml).to_owned(),
+        };
+        let runbook = crate::manifest::parse_runbook(&file)
+            .map(|(n, spec)| Runbook {
+                name: n,
+                source: "shipped".into(),
+                spec,
+                page: Some((*page).to_owned()),
+            })
+            .map_err(|e| e.to_string());
+        out.insert(
+            (*name).to_owned(),
+            Entry {
+                name: (*name).to_owned(),
+                source: "shipped".into(),
+                runbook,
+            },
+        );
+    }
+    for dir in dirs {
+        for path in yaml_files(dir) {
+            let source = path.display().to_string();
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let runbook = std::fs::read_to_string(&path)
+                .map_err(|e| format!("{source}: {e}"))
+                .and_then(|content| {
+                    let file = ManifestFile {
+                        name: source.clone(),
+                        content,
+                    };
+                    crate::manifest::parse_runbook(&file).map_err(|e| e.to_string())
+                })
+                .map(|(name, spec)| Runbook {
+                    name,
+                    source: source.clone(),
+                    spec,
+                    page: std::fs::read_to_string(path.with_extension("md")).ok(),
+                });
+            let name = runbook.as_ref().map_or(stem, |r| r.name.clone());
+            out.insert(
+                name.clone(),
+                Entry {
+                    name,
+                    source,
+                    runbook,
+                },
+            );
+        }
+    }
+    out.into_values().collect()
+}
+
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// A step kind's arguments: required, then optional.
+pub fn kind_args(kind: StepKind) -> (&'static [&'static str], &'static [&'static str]) {
+    match kind {
+        StepKind::Check | StepKind::WaitFor | StepKind::ForEach => (&[], &[]),
+        StepKind::Move => (
+            &["tenant", "to"],
+            &["env", "maxWritePause", "rollbackWindow", "until"],
+        ),
+        StepKind::Drain => (&["cell"], &["action", "reason"]),
+        StepKind::Train => (&["action"], &["train", "cell", "reason"]),
+        StepKind::ReleaseDeploy => (&["release", "cells", "reason"], &[]),
+        StepKind::Approve => (&[], &["message"]),
+        StepKind::Notify => (
+            &[],
+            &["template", "message", "to", "tenants", "subject", "title"],
+        ),
+    }
+}
+
+/// The conditions `check`, `wait-for` and `when` know: name, required and optional arguments,
+/// what it means.
+pub const CONDITIONS: &[(&str, &[&str], &[&str], &str)] = &[
+    ("tenant-active", &["tenant"], &[], "the tenant is active"),
+    (
+        "residency-allows",
+        &["tenant", "to"],
+        &["env"],
+        "the tenant's residency allows the region of the target a move --to TO would pick",
+    ),
+    (
+        "target-healthy",
+        &["tenant", "to"],
+        &["env"],
+        "the target a move --to TO would pick is ready and its workload runs",
+    ),
+    (
+        "target-has-room",
+        &["tenant", "to"],
+        &["env"],
+        "the target a move --to TO would pick has room for the tenant",
+    ),
+    (
+        "target-dedicated",
+        &["tenant", "to"],
+        &["env"],
+        "the target a move --to TO would pick is a dedicated cell",
+    ),
+    (
+        "cell-healthy",
+        &["cell"],
+        &[],
+        "the cell's agent converged, reports no errors, and its workload runs",
+    ),
+    ("cell-pooled", &["cell"], &[], "the cell is a pooled cell"),
+    (
+        "cell-empty",
+        &["cell"],
+        &[],
+        "no tenant is placed on the cell and no move holds it",
+    ),
+    (
+        "no-train-on",
+        &["cells"],
+        &[],
+        "no open train is about to change these cells",
+    ),
+    (
+        "no-move-on",
+        &["cells"],
+        &[],
+        "no tenant move goes through these cells",
+    ),
+    (
+        "route-points-at",
+        &["tenant", "cell"],
+        &["env"],
+        "the routing table sends the tenant to the cell, active",
+    ),
+    (
+        "tenant-healthy",
+        &["tenant"],
+        &["env", "maxErrorRate"],
+        "the tenant's cell runs its workload, holds its rows, and answers its requests without errors",
+    ),
+    (
+        "rows-match",
+        &["move"],
+        &[],
+        "the move's cut-over verification (row counts and checksums per table) passed and the target holds the rows",
+    ),
+    (
+        "cells-run",
+        &["cells"],
+        &["release"],
+        "every cell's agent reports running the release (default: the one assigned to it)",
+    ),
+    (
+        "cells-healthy",
+        &["cells"],
+        &[],
+        "every cell is healthy (see cell-healthy)",
+    ),
+    (
+        "release-exists",
+        &["release"],
+        &[],
+        "the release is registered",
+    ),
+    (
+        "tenants-of",
+        &["cells"],
+        &[],
+        "every cell is registered; outputs `tenants`, the tenants placed on them",
+    ),
+    ("line-stopped", &[], &[], "the line is stopped"),
+    ("equals", &["a", "b"], &[], "a and b are equal"),
+    ("not-equals", &["a", "b"], &[], "a and b differ"),
+    ("not-empty", &["list"], &[], "the list has items"),
+];
+
+/// Looks a condition up.
+pub fn condition(
+    name: &str,
+) -> Option<&'static (
+    &'static str,
+    &'static [&'static str],
+    &'static [&'static str],
+    &'static str,
+)> {
+    CONDITIONS.iter().find(|c| c.0 == name)
+}
+
+/// Checks a runbook's definition beyond its shape; the error names the field path.
+pub fn validate(spec: &RunbookSpec) -> Result<(), (String, String)> {
+    let err = |path: String, msg: String| Err((path, msg));
+    if spec.description.trim().is_empty() {
+        return err("spec.description".into(), "must not be empty".into());
+    }
+    if spec.roles.is_empty() {
+        return err(
+            "spec.roles".into(),
+            "name at least one role that may run it (admin, sre, operator)".into(),
+        );
+    }
+    if spec.steps.is_empty() {
+        return err(
+            "spec.steps".into(),
+            "a runbook needs at least one step".into(),
+        );
+    }
+    let mut params: BTreeSet<&str> = BTreeSet::new();
+    for (i, p) in spec.params.iter().enumerate() {
+        let at = format!("spec.params[{i}]");
+        if !is_name(&p.name) {
+            return err(
+                format!("{at}.name"),
+                format!(
+                    "{:?} is not a parameter name (letters, digits, - and _)",
+                    p.name
+                ),
+            );
+        }
+        if ["steps", "item", "run"].contains(&p.name.as_str()) {
+            return err(format!("{at}.name"), format!("{:?} is reserved", p.name));
+        }
+        if !params.insert(&p.name) {
+            return err(
+                format!("{at}.name"),
+                format!("parameter {:?} declared twice", p.name),
+            );
+        }
+        if p.kind == cellfleet_api::ParamType::Enum && p.values.is_empty() {
+            return err(
+                format!("{at}.values"),
+                "an enum parameter lists its values".into(),
+            );
+        }
+        if p.required && p.default.is_some() {
+            return err(
+                format!("{at}.default"),
+                "a required parameter has no default".into(),
+            );
+        }
+        if let Some(d) = &p.default {
+            let text = match d {
+                Value::String(s) => s.clone(),
+                Value::Array(a) => a.iter().map(display).collect::<Vec<_>>().join(","),
+                other => other.to_string(),
+            };
+            typed(p, &text).map_err(|e| (format!("{at}.default"), e))?;
+        }
+    }
+    for name in spec.templates.keys() {
+        if !is_name(name) {
+            return err(
+                format!("spec.templates.{name}"),
+                "not a template name (letters, digits, - and _)".into(),
+            );
+        }
+    }
+    if let Some(lock) = &spec.lock {
+        check_refs(&json!(lock), "spec.lock", &params, &[], false)?;
+    }
+    let mut earlier: Vec<&str> = Vec::new();
+    for (i, step) in spec.steps.iter().enumerate() {
+        let at = format!("spec.steps[{i}]");
+        if earlier.contains(&step.name.as_str()) {
+            return err(
+                format!("{at}.name"),
+                format!("step {:?} named twice", step.name),
+            );
+        }
+        validate_step(spec, step, &at, &params, &earlier, false)?;
+        earlier.push(&step.name);
+    }
+    Ok(())
+}
+
+fn validate_step(
+    spec: &RunbookSpec,
+    step: &StepSpec,
+    at: &str,
+    params: &BTreeSet<&str>,
+    earlier: &[&str],
+    in_for_each: bool,
+) -> Result<(), (String, String)> {
+    let err = |path: String, msg: String| Err((path, msg));
+    if !is_name(&step.name) {
+        return err(
+            format!("{at}.name"),
+            format!(
+                "{:?} is not a step name (letters, digits, - and _)",
+                step.name
+            ),
+        );
+    }
+    if in_for_each {
+        let nested = match (step.kind, &step.on_failure) {
+            (StepKind::ForEach, _) => Some("a for-each cannot hold another for-each"),
+            (StepKind::Approve, _) => {
+                Some("a for-each cannot hold an approve step (approve before it)")
+            }
+            (_, OnStepFailure::Run(_)) => {
+                Some("a for-each's step cannot have a compensating step (give the for-each one)")
+            }
+            _ => None,
+        };
+        if let Some(why) = nested {
+            return err(format!("{at}.kind"), why.into());
+        }
+    }
+    let (required, optional) = kind_args(step.kind);
+    let uses_condition = matches!(step.kind, StepKind::Check | StepKind::WaitFor);
+    for key in step.with.keys().filter(|_| !uses_condition) {
+        if !required.contains(&key.as_str()) && !optional.contains(&key.as_str()) {
+            let known: Vec<&str> = required.iter().chain(optional).copied().collect();
+            return err(
+                format!("{at}.with.{key}"),
+                if known.is_empty() {
+                    format!("a {} step takes no argument {key:?}", step.kind)
+                } else {
+                    format!(
+                        "a {} step takes no argument {key:?} (it takes: {})",
+                        step.kind,
+                        known.join(", ")
+                    )
+                },
+            );
+        }
+    }
+    for r in required {
+        if !step.with.contains_key(*r) {
+            return err(
+                format!("{at}.with"),
+                format!("a {} step needs the argument {r:?}", step.kind),
+            );
+        }
+    }
+    match (&step.condition, uses_condition) {
+        (None, true) => {
+            return err(
+                format!("{at}.condition"),
+                format!("a {} step names its condition", step.kind),
+            );
+        }
+        (Some(_), false) => {
+            return err(
+                format!("{at}.condition"),
+                format!(
+                    "only check and wait-for steps take a condition (this is {})",
+                    step.kind
+                ),
+            );
+        }
+        (Some(c), true) => check_condition(
+            c,
+            &step.with,
+            &format!("{at}.condition"),
+            &format!("{at}.with"),
+        )?,
+        (None, false) => {}
+    }
+    if let Some(t) = &step.timeout {
+        if step.kind != StepKind::WaitFor {
+            return err(
+                format!("{at}.timeout"),
+                "only wait-for steps take a timeout".into(),
+            );
+        }
+        crate::trains::seconds(t).map_err(|e| (format!("{at}.timeout"), e))?;
+    }
+    if step.kind == StepKind::Approve && step.roles.is_empty() {
+        return err(
+            format!("{at}.roles"),
+            "an approve step names the roles that may approve".into(),
+        );
+    }
+    if step.kind == StepKind::Notify {
+        match (step.with.get("template"), step.with.get("message")) {
+            (None, None) => {
+                return err(
+                    format!("{at}.with"),
+                    "a notify step needs a template or a message".into(),
+                );
+            }
+            (Some(Value::String(t)), _) if !t.contains("${") && !spec.templates.contains_key(t) => {
+                return err(
+                    format!("{at}.with.template"),
+                    format!("no template {t:?} in spec.templates"),
+                );
+            }
+            _ => {}
+        }
+    }
+    if step.kind == StepKind::Drain
+        && let Some(Value::String(a)) = step.with.get("action")
+        && !a.contains("${")
+        && !["drain", "undrain", "retire"].contains(&a.as_str())
+    {
+        return err(
+            format!("{at}.with.action"),
+            format!("{a:?}: a drain step's action is drain, undrain or retire"),
+        );
+    }
+    if step.kind == StepKind::Train
+        && let Some(Value::String(a)) = step.with.get("action")
+        && !a.contains("${")
+        && !TRAIN_ACTIONS.contains(&a.as_str())
+    {
+        return err(
+            format!("{at}.with.action"),
+            format!(
+                "{a:?}: a train step's action is one of {}",
+                TRAIN_ACTIONS.join(", ")
+            ),
+        );
+    }
+    if step.kind == StepKind::Move
+        && let Some(Value::String(u)) = step.with.get("until")
+        && !["cutover", "done"].contains(&u.as_str())
+    {
+        return err(
+            format!("{at}.with.until"),
+            format!("{u:?}: a move step waits until cutover or done"),
+        );
+    }
+    if let Some(w) = &step.when {
+        check_condition(
+            &w.condition,
+            &w.with,
+            &format!("{at}.when.condition"),
+            &format!("{at}.when.with"),
+        )?;
+        check_refs(
+            &json!(w.with),
+            &format!("{at}.when.with"),
+            params,
+            earlier,
+            in_for_each,
+        )?;
+    }
+    check_refs(
+        &json!(step.with),
+        &format!("{at}.with"),
+        params,
+        earlier,
+        in_for_each,
+    )?;
+    if step.kind == StepKind::ForEach {
+        let items = step.items.as_ref().ok_or_else(|| {
+            (
+                format!("{at}.items"),
+                "a for-each step names its items (a list)".into(),
+            )
+        })?;
+        check_refs(items, &format!("{at}.items"), params, earlier, false)?;
+        if let Some(c) = &step.concurrency {
+            match c {
+                Value::Number(n)
+                    if n.as_i64()
+                        .is_some_and(|n| (1..=MAX_CONCURRENCY).contains(&n)) => {}
+                Value::String(s) if s.contains("${") => {
+                    check_refs(c, &format!("{at}.concurrency"), params, earlier, false)?;
+                }
+                other => {
+                    return err(
+                        format!("{at}.concurrency"),
+                        format!(
+                            "{other}: a number from 1 to {MAX_CONCURRENCY}, or a ${{parameter}}"
+                        ),
+                    );
+                }
+            }
+        }
+        let inner = step.step.as_ref().ok_or_else(|| {
+            (
+                format!("{at}.step"),
+                "a for-each step names the step run for each item".into(),
+            )
+        })?;
+        validate_step(spec, inner, &format!("{at}.step"), params, earlier, true)?;
+    } else {
+        for (field, present) in [
+            ("items", step.items.is_some()),
+            ("concurrency", step.concurrency.is_some()),
+            ("step", step.step.is_some()),
+        ] {
+            if present {
+                return err(
+                    format!("{at}.{field}"),
+                    format!("only for-each steps take {field} (this is {})", step.kind),
+                );
+            }
+        }
+    }
+    if let OnStepFailure::Run(comp) = &step.on_failure {
+        if matches!(comp.kind, StepKind::ForEach | StepKind::Approve) {
+            return err(
+                format!("{at}.on-failure.run.kind"),
+                format!("a compensating step cannot be a {}", comp.kind),
+            );
+        }
+        validate_step(
+            spec,
+            comp,
+            &format!("{at}.on-failure.run"),
+            params,
+            earlier,
+            in_for_each,
+        )?;
+    }
+    Ok(())
+}
+
+/// A train step's actions.
+pub const TRAIN_ACTIONS: &[&str] = &[
+    "pause",
+    "resume",
+    "abort",
+    "rollback",
+    "stop-line",
+    "resume-line",
+];
+
+fn check_condition(
+    name: &str,
+    with: &BTreeMap<String, Value>,
+    at: &str,
+    with_at: &str,
+) -> Result<(), (String, String)> {
+    let Some((_, required, optional, _)) = condition(name) else {
+        return Err((
+            at.to_owned(),
+            format!(
+                "unknown condition {name:?} (known: {})",
+                CONDITIONS
+                    .iter()
+                    .map(|c| c.0)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    };
+    for r in *required {
+        if !with.contains_key(*r) {
+            return Err((
+                with_at.to_owned(),
+                format!("condition {name} needs the argument {r:?}"),
+            ));
+        }
+    }
+    for key in with.keys() {
+        if !required.contains(&key.as_str()) && !optional.contains(&key.as_str()) {
+            return Err((
+                format!("{with_at}.{key}"),
+                format!("condition {name} takes no argument {key:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every `${…}` in `value` must name a parameter, an earlier step, `run`, or (inside a
+/// for-each) `item`.
+fn check_refs(
+    value: &Value,
+    at: &str,
+    params: &BTreeSet<&str>,
+    earlier: &[&str],
+    in_for_each: bool,
+) -> Result<(), (String, String)> {
+    for r in references(value).map_err(|e| (at.to_owned(), e))? {
+        let mut parts = r.split('.');
+        let root = parts.next().unwrap_or_default();
+        let ok = match root {
+            "steps" => parts.next().is_some_and(|s| earlier.contains(&s)),
+            "item" => in_for_each,
+            "run" => matches!(parts.next(), Some("id" | "by")),
+            p => params.contains(p),
+        };
+        if !ok {
+            return Err((
+                at.to_owned(),
+                format!(
+                    "${{{r}}} names no parameter, earlier step{}, or run.id/run.by",
+                    if in_for_each { ", item" } else { "" }
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// A parameter's text as its type, or why not.
+pub fn typed(p: &ParamSpec, text: &str) -> Result<Value, String> {
+    let bad = |what: &str, e: String| Err(format!("{text:?} is not {what}: {e}"));
+    match p.kind {
+        ParamType::String => Ok(Value::String(text.to_owned())),
+        ParamType::Int => match text.trim().parse::<i64>() {
+            Ok(n) => {
+                if p.min.is_some_and(|m| n < m) || p.max.is_some_and(|m| n > m) {
+                    return Err(format!(
+                        "{n} is outside {}..={}",
+                        p.min.map_or("".into(), |m| m.to_string()),
+                        p.max.map_or("".into(), |m| m.to_string())
+                    ));
+                }
+                Ok(json!(n))
+            }
+            Err(e) => bad("an integer", e.to_string()),
+        },
+        ParamType::Bool => match text.trim() {
+            "true" | "yes" => Ok(json!(true)),
+            "false" | "no" => Ok(json!(false)),
+            _ => Err(format!("{text:?} is not true or false")),
+        },
+        ParamType::Duration => crate::trains::seconds(text).map(|_| json!(text.trim())),
+        ParamType::Tenant => text
+            .parse::<TenantId>()
+            .map(|t| json!(t.as_str()))
+            .or_else(|e| bad("a tenant id", e.to_string())),
+        ParamType::Cell => text
+            .parse::<CellName>()
+            .map(|c| json!(c.as_str()))
+            .or_else(|e| bad("a cell name", e.to_string())),
+        ParamType::Env => text
+            .parse::<Env>()
+            .map(|c| json!(c.as_str()))
+            .or_else(|e| bad("an environment", e.to_string())),
+        ParamType::Release => semver::Version::parse(text.trim())
+            .map(|_| json!(text.trim()))
+            .or_else(|e| bad("a semver version", e.to_string())),
+        ParamType::Enum => {
+            if p.values.iter().any(|v| v == text) {
+                Ok(json!(text))
+            } else {
+                Err(format!("{text:?} is not one of {}", p.values.join(", ")))
+            }
+        }
+        ParamType::List => Ok(Value::Array(
+            text.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| json!(s))
+                .collect(),
+        )),
+    }
+}
+
+/// The run's parameters: every given one known and of its type, every required one given,
+/// defaults filled in. The error names the parameter.
+pub fn resolve_params(
+    spec: &RunbookSpec,
+    given: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, Value>, String> {
+    for k in given.keys() {
+        if !spec.params.iter().any(|p| p.name == *k) {
+            return Err(format!(
+                "unknown parameter {k:?} (this runbook takes: {})",
+                if spec.params.is_empty() {
+                    "none".to_owned()
+                } else {
+                    spec.params
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ));
+        }
+    }
+    let mut out = BTreeMap::new();
+    for p in &spec.params {
+        let value = match (given.get(&p.name), &p.default) {
+            (Some(text), _) => typed(p, text).map_err(|e| format!("parameter {}: {e}", p.name))?,
+            (None, Some(d)) => {
+                let text = match d {
+                    Value::String(s) => s.clone(),
+                    Value::Array(a) => a.iter().map(display).collect::<Vec<_>>().join(","),
+                    other => other.to_string(),
+                };
+                typed(p, &text).map_err(|e| format!("parameter {} (default): {e}", p.name))?
+            }
+            (None, None) if p.required => {
+                return Err(format!(
+                    "missing parameter {} ({}{}): pass --param {}=…",
+                    p.name,
+                    serde_json::to_value(p.kind)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    if p.description.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {}", p.description)
+                    },
+                    p.name
+                ));
+            }
+            (None, None) => Value::Null,
+        };
+        if p.kind == ParamType::String
+            && p.required
+            && value.as_str().is_some_and(|s| s.trim().is_empty())
+        {
+            return Err(format!("parameter {}: must not be empty", p.name));
+        }
+        out.insert(p.name.clone(), value);
+    }
+    Ok(out)
+}
