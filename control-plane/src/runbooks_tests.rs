@@ -124,7 +124,7 @@ fn each_mistake_is_named_with_file_document_and_path() {
         (
             "with: {cell: \"${cell}\"}\n    - name: each",
             "with: {cell: \"${cel}\"}\n    - name: each",
-            "spec.steps[1].with: ${cel} names no parameter",
+            "spec.steps[1].with.cell: ${cel} names no parameter",
         ),
         (
             "items: \"${steps.drain.tenants}\"",
@@ -134,7 +134,7 @@ fn each_mistake_is_named_with_file_document_and_path() {
         (
             "with: {cell: \"${cell}\"}\n    - name: each",
             "with: {cell: \"${item}\"}\n    - name: each",
-            "spec.steps[1].with: ${item} names no parameter",
+            "spec.steps[1].with.cell: ${item} names no parameter",
         ),
         (
             "name: drain\n",

@@ -349,6 +349,17 @@ pub fn validate(spec: &RunbookSpec) -> Result<(), (String, String)> {
     if let Some(lock) = &spec.lock {
         check_refs(&json!(lock), "spec.lock", &params, &[], false)?;
     }
+    // Templates are rendered by notify steps, per tenant: any step's output, `${item}`.
+    let names: Vec<&str> = spec.steps.iter().map(|s| s.name.as_str()).collect();
+    for (name, text) in &spec.templates {
+        check_refs(
+            &json!(text),
+            &format!("spec.templates.{name}"),
+            &params,
+            &names,
+            true,
+        )?;
+    }
     let mut earlier: Vec<&str> = Vec::new();
     for (i, step) in spec.steps.iter().enumerate() {
         let at = format!("spec.steps[{i}]");
@@ -527,13 +538,18 @@ fn validate_step(
             in_for_each,
         )?;
     }
-    check_refs(
-        &json!(step.with),
-        &format!("{at}.with"),
-        params,
-        earlier,
-        in_for_each,
-    )?;
+    // A notify step renders its message and title per tenant: they may name `${item}`.
+    let per_tenant = step.kind == StepKind::Notify && step.with.contains_key("tenants");
+    for (key, value) in &step.with {
+        let item_here = in_for_each || (per_tenant && (key == "message" || key == "title"));
+        check_refs(
+            value,
+            &format!("{at}.with.{key}"),
+            params,
+            earlier,
+            item_here,
+        )?;
+    }
     if step.kind == StepKind::ForEach {
         let items = step.items.as_ref().ok_or_else(|| {
             (

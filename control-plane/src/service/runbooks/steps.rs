@@ -60,6 +60,25 @@ fn statuses(sr: &StepRun) -> Vec<StepStatus> {
     out
 }
 
+/// A step's arguments with every `${…}` resolved — but a notify step's `message` and `title`,
+/// which are rendered per tenant (they may name `${item}`).
+fn rendered_with(spec: &StepSpec, ctx: &Context) -> std::result::Result<Value, String> {
+    let mut raw = spec.with.clone();
+    let kept: Vec<(String, Value)> = if spec.kind == StepKind::Notify {
+        ["message", "title"]
+            .iter()
+            .filter_map(|k| raw.remove(*k).map(|v| ((*k).to_owned(), v)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut with = core::render(&json!(raw), ctx)?;
+    if let Value::Object(m) = &mut with {
+        m.extend(kept);
+    }
+    Ok(with)
+}
+
 fn duration_secs(with: &Value, key: &str) -> Result<Option<u64>> {
     opt_text(with, key)?
         .map(|t| {
@@ -194,13 +213,13 @@ impl Registry {
                         return Ok(true);
                     }
                 }
-                match core::render(&json!(spec.with), ctx) {
+                match rendered_with(spec, ctx) {
                     Ok(with) => self.begin_step(tx, run, spec, sr, &with, ctx).await?,
                     Err(e) => fail(sr, now, e),
                 }
                 Ok(true)
             }
-            StepStatus::Running => match core::render(&json!(spec.with), ctx) {
+            StepStatus::Running => match rendered_with(spec, ctx) {
                 Ok(with) => self.poll_step(tx, run, spec, sr, &with, ctx).await,
                 Err(e) => {
                     fail(sr, now, e);
@@ -857,7 +876,7 @@ impl Registry {
             },
             None => None,
         };
-        let with = match core::render(&json!(spec.with), ctx) {
+        let with = match rendered_with(spec, ctx) {
             Ok(w) => w,
             Err(e) => {
                 p.action = format!("cannot be resolved before the run: {e}");
