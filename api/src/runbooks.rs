@@ -330,6 +330,7 @@ pub struct StepRun {
     pub approved_by: Option<String>,
     /// A `for-each`'s items.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(no_recursion)]
     pub items: Vec<StepRun>,
     /// The compensating step run after this one failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -374,6 +375,7 @@ pub struct PlannedStep {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holds: Option<bool>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(no_recursion)]
     pub items: Vec<PlannedStep>,
 }
 

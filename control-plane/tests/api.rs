@@ -273,6 +273,40 @@ fn routes() -> Vec<(&'static str, &'static str, Option<Value>, &'static [Role])>
             &[Admin, Sre],
         ),
         ("POST", "/v1/flags/f/kill", None, &[Admin, Sre]),
+        ("GET", "/v1/runbooks", None, READERS),
+        ("GET", "/v1/runbooks/cell-drain", None, READERS),
+        (
+            "POST",
+            "/v1/runbooks/incident-comms/runs",
+            Some(
+                json!({"params": {"cells": "euw1-pool-1", "stage": "resolved", "summary": "ok"}, "dryRun": true}),
+            ),
+            &[Admin, Sre, Operator],
+        ),
+        (
+            "POST",
+            "/v1/runbooks/cell-drain/runs",
+            Some(json!({"params": {"cell": "euw1-pool-1"}, "dryRun": true})),
+            &[Admin, Sre],
+        ),
+        ("GET", "/v1/runbook-runs", None, READERS),
+        ("GET", "/v1/runbook-runs/rb_unknown", None, READERS),
+        (
+            "POST",
+            "/v1/runbook-runs/rb_unknown/approve",
+            None,
+            &[Admin, Sre, Operator],
+        ),
+        (
+            "POST",
+            "/v1/runbook-runs/rb_unknown/abort",
+            Some(json!({"reason": "test"})),
+            &[Admin, Sre, Operator],
+        ),
+        ("GET", "/v1/events", None, READERS),
+        ("POST", "/v1/cells/use1-pool-1/drain", None, &[Admin, Sre]),
+        ("POST", "/v1/cells/use1-pool-1/undrain", None, &[Admin, Sre]),
+        ("POST", "/v1/cells/use1-pool-1/retire", None, &[Admin, Sre]),
         ("GET", "/v1/agent/moves/mv_unknown/position", None, &[Agent]),
         ("GET", "/v1/agent/moves/mv_unknown/chunks", None, &[Agent]),
         (
@@ -626,7 +660,11 @@ async fn checked_in_openapi_matches_the_code() {
             .replace("/tok_unknown", "/{id}")
             .replace("/mv_unknown", "/{id}")
             .replace("/tr_unknown", "/{id}")
-            .replace("/flags/f/", "/flags/{name}/");
+            .replace("/flags/f/", "/flags/{name}/")
+            .replace("/use1-pool-1", "/{name}")
+            .replace("/rb_unknown", "/{id}")
+            .replace("/runbooks/cell-drain", "/runbooks/{name}")
+            .replace("/runbooks/incident-comms", "/runbooks/{name}");
         assert!(
             doc["paths"].get(&templated).is_some(),
             "{templated} is not documented"
