@@ -15,6 +15,7 @@ use sqlx::{Connection, Executor};
 mod edge;
 mod fleet;
 mod moves;
+mod runbooks;
 pub use edge::{
     EnvoyProcess, NginxProcess, envoy_bin, nginx_bin, nginx_edge, shipped_envoy_config,
     shipped_nginx_config,

@@ -19,76 +19,6 @@ use cellfleet_e2e::{
     wait_router_live, workspace_bin,
 };
 
-fn run_status(fleet: &LocalFleet, id: &str) -> serde_json::Value {
-    fleet.run(&["runbook", "status", id, "-o", "json"]).json()
-}
-
-/// Starts a run with the CLI; returns its id.
-fn start_run(fleet: &LocalFleet, name: &str, params: &[(&str, &str)]) -> String {
-    let mut args = vec!["runbook".to_owned(), "run".to_owned(), name.to_owned()];
-    for (k, v) in params {
-        args.push("--param".into());
-        args.push(format!("{k}={v}"));
-    }
-    args.extend(["-o".into(), "json".into()]);
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let run = fleet.run(&argv);
-    assert_eq!(run.code, 0, "runbook run {name}: {}", run.stderr);
-    run.json()["run"]["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no run in {}", run.stdout))
-        .to_owned()
-}
-
-/// Waits until the run is in `phase`; panics with its status and the agents' logs if not.
-fn wait_run(fleet: &LocalFleet, id: &str, phase: &str, within: Duration) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        let r = run_status(fleet, id);
-        if r["phase"] == phase {
-            return r;
-        }
-        let terminal =
-            ["succeeded", "failed", "aborted"].contains(&r["phase"].as_str().unwrap_or(""));
-        if terminal || std::time::Instant::now() > deadline {
-            panic!(
-                "run {id} is not {phase}: {}\n{}",
-                serde_json::to_string_pretty(&r).unwrap_or_default(),
-                fleet.agent_logs()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-fn audit_count(fleet: &LocalFleet) -> usize {
-    fleet
-        .run(&["audit", "list", "--limit", "100000", "-o", "json"])
-        .json()
-        .as_array()
-        .map_or(0, Vec::len)
-}
-
-/// How many moves of `tenant` were ever started (audit `move.start` records).
-fn moves_started(fleet: &LocalFleet, tenant: &str) -> usize {
-    fleet
-        .run(&[
-            "audit",
-            "list",
-            "--target",
-            &format!("tenant/{tenant}"),
-            "--limit",
-            "10000",
-            "-o",
-            "json",
-        ])
-        .json()
-        .as_array()
-        .map_or(0, |a| {
-            a.iter().filter(|r| r["action"] == "move.start").count()
-        })
-}
-
 fn cell_state(fleet: &LocalFleet, cell: &str) -> String {
     fleet.run(&["cell", "get", cell, "-o", "json"]).json()["state"]
         .as_str()
@@ -128,7 +58,7 @@ async fn cell_drain_under_writes_survives_a_control_plane_kill_and_retires_the_c
     );
 
     // Dry run: every tenant with its target, and nothing changed.
-    let before = audit_count(&fleet);
+    let before = fleet.audit_count();
     let plan = fleet.run(&[
         "runbook",
         "run",
@@ -152,7 +82,7 @@ async fn cell_drain_under_writes_survives_a_control_plane_kill_and_retires_the_c
         plan.stdout
     );
     assert_eq!(
-        audit_count(&fleet),
+        fleet.audit_count(),
         before,
         "a dry run changed the registry"
     );
@@ -172,8 +102,7 @@ async fn cell_drain_under_writes_survives_a_control_plane_kill_and_retires_the_c
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let id = start_run(
-        &fleet,
+    let id = fleet.start_run(
         "cell-drain",
         &[
             ("cell", &drained),
@@ -186,7 +115,7 @@ async fn cell_drain_under_writes_survives_a_control_plane_kill_and_retires_the_c
         Duration::from_secs(60),
         "a move of the drain is under way",
         || {
-            let r = run_status(&fleet, &id);
+            let r = fleet.run_status(&id);
             r["steps"][3]["items"]
                 .as_array()
                 .is_some_and(|items| items.iter().any(|i| i["operation"].is_string()))
@@ -197,7 +126,7 @@ async fn cell_drain_under_writes_survives_a_control_plane_kill_and_retires_the_c
     tokio::time::sleep(Duration::from_millis(500)).await;
     fleet.restart_server(&[]);
 
-    let done = wait_run(&fleet, &id, "succeeded", Duration::from_secs(240));
+    let done = fleet.wait_run(&id, "succeeded", Duration::from_secs(240));
     assert_eq!(cell_state(&fleet, &drained), "retired", "{done}");
     let items = done["steps"][3]["items"]
         .as_array()
@@ -212,7 +141,7 @@ async fn cell_drain_under_writes_survives_a_control_plane_kill_and_retires_the_c
     ops.dedup();
     assert_eq!(ops.len(), on_it.len(), "one move per tenant: {done}");
     for t in &on_it {
-        assert_eq!(moves_started(&fleet, t), 1, "{t} was moved once");
+        assert_eq!(fleet.moves_started(t), 1, "{t} was moved once");
         let now = fleet.cell_of(t).unwrap_or_default();
         assert_ne!(now, drained, "{t} left {drained}");
     }
@@ -249,15 +178,6 @@ fn desired_release(fleet: &LocalFleet, cell: &str) -> String {
         .to_owned()
 }
 
-fn events_of(fleet: &LocalFleet, run: &str) -> Vec<serde_json::Value> {
-    fleet
-        .run(&["event", "list", "--run", run, "-o", "json"])
-        .json()
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tenant_move_hotfix_incident_comms_and_release_rollback_on_a_real_fleet() {
     let mut fleet = LocalFleet::start_opts(
@@ -280,8 +200,7 @@ async fn tenant_move_hotfix_incident_comms_and_release_rollback_on_a_real_fleet(
     // tenant-move to a dedicated cell: the approval waits, also across a restart.
     let writer = Writer::paced(&nginx.url, "acme", Duration::from_millis(20));
     let from = fleet.cell_of("acme").unwrap_or_default();
-    let id = start_run(
-        &fleet,
+    let id = fleet.start_run(
         "tenant-move",
         &[
             ("tenant", "acme"),
@@ -289,11 +208,11 @@ async fn tenant_move_hotfix_incident_comms_and_release_rollback_on_a_real_fleet(
             ("rollbackWindow", "1s"),
         ],
     );
-    let waiting = wait_run(&fleet, &id, "awaiting-approval", Duration::from_secs(60));
+    let waiting = fleet.wait_run(&id, "awaiting-approval", Duration::from_secs(60));
     assert_eq!(waiting["steps"][4]["status"], "waiting", "{waiting}");
     fleet.restart_server(&[]);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(run_status(&fleet, &id)["phase"], "awaiting-approval");
+    assert_eq!(fleet.run_status(&id)["phase"], "awaiting-approval");
     assert_eq!(
         fleet.cell_of("acme").as_deref(),
         Some(from.as_str()),
@@ -301,13 +220,13 @@ async fn tenant_move_hotfix_incident_comms_and_release_rollback_on_a_real_fleet(
     );
     let ok = fleet.run(&["runbook", "approve", &id]);
     assert_eq!(ok.code, 0, "{}", ok.stderr);
-    let done = wait_run(&fleet, &id, "succeeded", Duration::from_secs(180));
+    let done = fleet.wait_run(&id, "succeeded", Duration::from_secs(180));
     assert_eq!(fleet.cell_of("acme").as_deref(), Some("ded-1"), "{done}");
     for (i, name) in [(6, "route"), (7, "requests"), (8, "rows")] {
         assert_eq!(done["steps"][i]["status"], "succeeded", "{name}: {done}");
     }
     eprintln!("rows: {}", done["steps"][8]["detail"]);
-    let moved = events_of(&fleet, &id);
+    let moved = fleet.events_of(&id);
     assert_eq!(moved.len(), 1, "{moved:?}");
     assert_eq!(moved[0]["to"][0], "ops@acme.example");
     assert!(
@@ -336,8 +255,7 @@ async fn tenant_move_hotfix_incident_comms_and_release_rollback_on_a_real_fleet(
     fleet
         .run(&["release", "create", "-f", &release(&fleet, "1.0.1")])
         .ok();
-    let id = start_run(
-        &fleet,
+    let id = fleet.start_run(
         "hotfix",
         &[
             ("release", "1.0.1"),
@@ -345,7 +263,7 @@ async fn tenant_move_hotfix_incident_comms_and_release_rollback_on_a_real_fleet(
             ("reason", "CVE-2026-0001 in the parser"),
         ],
     );
-    let done = wait_run(&fleet, &id, "succeeded", Duration::from_secs(120));
+    let done = fleet.wait_run(&id, "succeeded", Duration::from_secs(120));
     assert_eq!(desired_release(&fleet, "ded-1"), "1.0.1", "{done}");
     assert_eq!(desired_release(&fleet, "cell-a"), "1.0.0");
     let audit = fleet
@@ -363,13 +281,12 @@ async fn tenant_move_hotfix_incident_comms_and_release_rollback_on_a_real_fleet(
         expedite["payload"]["reason"], "CVE-2026-0001 in the parser",
         "{audit}"
     );
-    let told = events_of(&fleet, &id);
+    let told = fleet.events_of(&id);
     assert_eq!(told.len(), 1, "{told:?}");
     assert_eq!(told[0]["subject"], "tenant/acme");
 
     // incident-comms: every tenant of cell-a and cell-b, to its owners and the channel.
-    let id = start_run(
-        &fleet,
+    let id = fleet.start_run(
         "incident-comms",
         &[
             ("cells", "cell-a,cell-b"),
@@ -377,8 +294,8 @@ async fn tenant_move_hotfix_incident_comms_and_release_rollback_on_a_real_fleet(
             ("summary", "Slow writes."),
         ],
     );
-    wait_run(&fleet, &id, "succeeded", Duration::from_secs(30));
-    let told = events_of(&fleet, &id);
+    fleet.wait_run(&id, "succeeded", Duration::from_secs(30));
+    let told = fleet.events_of(&id);
     assert_eq!(
         told.len(),
         1,
@@ -442,12 +359,8 @@ async fn tenant_move_hotfix_incident_comms_and_release_rollback_on_a_real_fleet(
         },
     );
     assert_eq!(desired_release(&fleet, &canary), "2.0.0");
-    let id = start_run(
-        &fleet,
-        "release-rollback",
-        &[("reason", "2.0.0 corrupts exports")],
-    );
-    let waiting = wait_run(&fleet, &id, "awaiting-approval", Duration::from_secs(120));
+    let id = fleet.start_run("release-rollback", &[("reason", "2.0.0 corrupts exports")]);
+    let waiting = fleet.wait_run(&id, "awaiting-approval", Duration::from_secs(120));
     assert_eq!(desired_release(&fleet, &canary), "1.0.0", "{waiting}");
     assert_eq!(
         fleet.run(&["train", "status", &train, "-o", "json"]).json()["phase"],
@@ -466,7 +379,7 @@ async fn tenant_move_hotfix_incident_comms_and_release_rollback_on_a_real_fleet(
     );
     let ok = fleet.run(&["runbook", "approve", &id]);
     assert_eq!(ok.code, 0, "{}", ok.stderr);
-    let done = wait_run(&fleet, &id, "succeeded", Duration::from_secs(30));
+    let done = fleet.wait_run(&id, "succeeded", Duration::from_secs(30));
     assert_eq!(
         done["steps"][1]["output"]["cells"],
         serde_json::json!([canary]),

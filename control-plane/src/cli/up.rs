@@ -39,6 +39,9 @@ pub struct UpArgs {
     /// How long to wait for every cell's workload to serve before giving up.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     pub ready_timeout: std::time::Duration,
+    /// A folder of runbooks besides the shipped ones (as `serve --runbooks`); repeatable.
+    #[arg(long = "runbooks")]
+    pub runbooks: Vec<PathBuf>,
 }
 
 /// The sample cells, in the order of `examples/fleet/sample-fleet.yaml`, each with the port the
@@ -130,7 +133,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         database_url: format!("sqlite://{}", dir.join("cellfleet.db").display()),
         listen: args.listen.clone(),
         admin_token_file: Some(token_file.clone()),
-        settings: Settings::default(),
+        settings: Settings {
+            runbook_dirs: args.runbooks.clone(),
+            ..Settings::default()
+        },
         max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         audit_key_file: Some(dir.join("audit.key")),
         audit_checkpoint_log: Some(dir.join("audit-checkpoints.jsonl")),

@@ -227,14 +227,14 @@ pub const CONDITIONS: &[(&str, &[&str], &[&str], &str)] = &[
     (
         "tenant-healthy",
         &["tenant"],
-        &["env", "maxErrorRate"],
-        "the tenant's cell runs its workload, holds its rows, and answers its requests without errors",
+        &["env", "maxErrorRate", "cell"],
+        "the tenant's cell (its route's; `cell`: must be that one) is healthy and answered its requests with at most maxErrorRate (1 %) errors",
     ),
     (
         "rows-match",
         &["move"],
         &[],
-        "the move's cut-over verification (row counts and checksums per table) passed and the target holds the rows",
+        "the move's cut-over verification (row counts and checksums per table under the fence) passed",
     ),
     (
         "cells-run",

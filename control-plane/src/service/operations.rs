@@ -1,5 +1,5 @@
 //! The operations driver: a background task of every control-plane replica that advances every
-//! open long-running operation (moves today). Each pass claims an operation's lease (so two
+//! open long-running operation (moves, trains, runbook runs). Each pass claims an operation's lease (so two
 //! replicas do not drive one operation at once; a lease left by a dead replica expires), asks the
 //! operation's kind for its next step and repeats while it moves on. Steps are compare-and-swaps
 //! on the operation's version, so a replica that loses a race simply decides again from what is

