@@ -692,7 +692,11 @@ impl Registry {
                             m.state.note.clone().unwrap_or_default()
                         ),
                     );
-                } else if until_cutover && crate::moves::placed_on_target(m.phase, &m.state) {
+                } else if until_cutover
+                    && crate::moves::placed_on_target(m.phase, &m.state)
+                    && !crate::moves::route_frozen(m.phase, &m.state)
+                {
+                    // Cut over: the route leads to the target and is no longer frozen.
                     succeed(
                         sr,
                         now,
