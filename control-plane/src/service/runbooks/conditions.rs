@@ -80,6 +80,43 @@ pub(super) fn list(with: &Value, key: &str) -> Result<Vec<Value>> {
     }
 }
 
+/// The move a step's arguments ask for (`tenant`, `env`, `to`, `maxWritePause`,
+/// `rollbackWindow`).
+pub(super) fn move_request(with: &Value, dry_run: bool) -> Result<StartMoveRequest> {
+    let secs = |key: &str| -> Result<Option<u64>> {
+        opt_text(with, key)?
+            .map(|t| {
+                crate::trains::seconds(&t)
+                    .map_err(|e| Error::Invalid(format!("argument {key}: {e}")))
+            })
+            .transpose()
+    };
+    Ok(StartMoveRequest {
+        tenant: parsed(with, "tenant")?,
+        env: env_of(with)?,
+        to: text(with, "to")?,
+        max_write_pause_ms: secs("maxWritePause")?.map(|s| s * 1_000),
+        rollback_window_secs: secs("rollbackWindow")?,
+        dry_run,
+    })
+}
+
+/// The tenants placed on the dedicated cells among `cells` (who an expedited deploy affects).
+pub(super) async fn dedicated_tenants(tx: &mut Tx, cells: &[CellName]) -> Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for c in cells {
+        if store::get_cell(tx.conn(), c)
+            .await?
+            .is_some_and(|r| r.spec.kind == CellKind::Dedicated)
+        {
+            for (p, _) in store::placements_on(tx.conn(), c).await? {
+                out.push(json!(p.tenant));
+            }
+        }
+    }
+    Ok(out)
+}
+
 pub(super) fn cells(with: &Value, key: &str) -> Result<Vec<CellName>> {
     list(with, key)?
         .iter()
@@ -114,14 +151,7 @@ impl Registry {
                 }
             }
             "residency-allows" | "target-healthy" | "target-has-room" | "target-dedicated" => {
-                let req = StartMoveRequest {
-                    tenant: parsed(with, "tenant")?,
-                    env: env_of(with)?,
-                    to: text(with, "to")?,
-                    max_write_pause_ms: None,
-                    rollback_window_secs: None,
-                    dry_run: true,
-                };
+                let req = move_request(with, true)?;
                 let plan = match self.plan_move(tx, &req).await {
                     Ok((plan, _)) => plan,
                     Err(e @ (Error::Store(_) | Error::Busy(_))) => return Err(e),

@@ -22,6 +22,8 @@ use crate::runbooks::{self as core, Context, KIND, Runbook};
 use crate::store::{self, Caller, OperationRow, OperationUpdate};
 
 mod conditions;
+mod effects;
+mod plan;
 mod steps;
 
 /// What was asked (immutable): the runbook as it was when the run started, so a changed file
