@@ -116,6 +116,35 @@ spec:
     )
     .unwrap();
     std::fs::write(
+        dir.path().join("fallible.yaml"),
+        r#"apiVersion: cellfleet.io/v1
+kind: Runbook
+metadata: {name: fallible}
+spec:
+  description: a failure that is tolerated, then one that is compensated
+  roles: [admin]
+  steps:
+    - name: tolerated
+      kind: check
+      condition: cell-pooled
+      with: {cell: euw1-ded-1}
+      on-failure: continue
+    - name: must
+      kind: check
+      condition: tenant-active
+      with: {tenant: nobody}
+      on-failure:
+        run:
+          name: tell
+          kind: notify
+          with: {message: "run ${run.id}: step must failed", to: [oncall]}
+    - name: never
+      kind: notify
+      with: {message: "not reached"}
+"#,
+    )
+    .unwrap();
+    std::fs::write(
         dir.path().join("broken.yaml"),
         "apiVersion: cellfleet.io/v1\nkind: Runbook\nmetadata: {name: broken}\nspec:\n  description: x\n  roles: [admin]\n  steps:\n    - {name: a, kind: teleport}\n",
     )
@@ -176,7 +205,7 @@ both_backends!(
                 Role::Admin,
                 "teleport",
                 req(&[], false),
-                "runbook teleport (known: broken, cell-drain, gate",
+                "runbook teleport (known: broken, cell-drain, fallible, gate",
             ),
             (
                 Role::Admin,
@@ -605,6 +634,34 @@ both_backends!(
             err.to_string().contains("still holds") && err.to_string().contains("acme/prod"),
             "{err}"
         );
+        // Trains patch a draining cell unless the policy's skipDraining says otherwise.
+        r.create_release(
+        &caller(),
+        &file(
+            "r.yaml",
+            "apiVersion: cellfleet.io/v1\nkind: Release\nmetadata: {name: \"1.0.0\"}\nspec: {artifact: {command: notes-workload}}\n",
+        ),
+    )
+    .await
+    .unwrap();
+        for skip in [false, true] {
+            let policy = cellfleet::trains::DEFAULT_POLICY
+                .replace("skipDraining: false", &format!("skipDraining: {skip}"));
+            let planned = r
+                .start_train(
+                    &caller(),
+                    &cellfleet_api::StartTrainRequest {
+                        release: "1.0.0".into(),
+                        policy: Some(file("policy.yaml", &policy)),
+                        bake: None,
+                        dry_run: true,
+                    },
+                )
+                .await
+                .unwrap();
+            let in_train = planned.waves.iter().any(|w| w.cells.contains(&cell));
+            assert_eq!(in_train, !skip, "skipDraining: {skip}: {:?}", planned.waves);
+        }
         // A draining cell takes no new placement.
         t.apply(&tenant_doc(
             "initech",
@@ -642,5 +699,100 @@ both_backends!(
                 .unwrap();
             assert_eq!(done.to, CellState::Retired);
         }
+    }
+);
+
+both_backends!(
+    on_failure_continues_or_compensates_and_abort_stops_a_run,
+    |backend| {
+        let dir = runbook_dir();
+        let t = fleet(backend, dir.path()).await;
+        let r = &t.registry;
+        let run = r
+            .start_run(&caller(), Role::Admin, "fallible", &req(&[], false))
+            .await
+            .unwrap()
+            .run
+            .unwrap();
+        let id = run.id.clone();
+        drive_until(r, "the run ends", async || {
+            r.get_run(&id).await.unwrap().phase.is_terminal()
+        })
+        .await;
+        let done = r.get_run(&id).await.unwrap();
+        assert_eq!(done.phase, RunPhase::Failed, "{done:?}");
+        assert_eq!(
+            done.steps[0].status,
+            StepStatus::Failed,
+            "a tolerated failure is recorded"
+        );
+        assert_eq!(done.steps[1].status, StepStatus::Failed);
+        let comp = done.steps[1].compensation.as_deref().unwrap();
+        assert_eq!(
+            (comp.name.as_str(), comp.status),
+            ("tell", StepStatus::Succeeded)
+        );
+        assert_eq!(
+            done.steps[2].status,
+            StepStatus::Skipped,
+            "nothing runs after a failure"
+        );
+        let note = done.note.clone().unwrap_or_default();
+        assert!(
+            note.contains("step must failed: no tenant nobody; compensating step tell ran"),
+            "{note}"
+        );
+        let events = r.events(Some(&id), 10).await.unwrap();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].message, format!("run {id}: step must failed"));
+        assert_eq!(events[0].to, ["oncall"]);
+
+        // Abort: a run waiting for its approval stops there; its later steps never run.
+        let waiting = r
+            .start_run(
+                &caller(),
+                Role::Operator,
+                "gate",
+                &req(&[("who", "acme")], false),
+            )
+            .await
+            .unwrap()
+            .run
+            .unwrap();
+        drive_until(r, "the run waits", async || {
+            r.get_run(&waiting.id).await.unwrap().phase == RunPhase::AwaitingApproval
+        })
+        .await;
+        let err = r
+            .abort_run(&caller(), Role::Sre, &waiting.id, None)
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .contains("may be run (and aborted) by admin, operator"),
+            "{err}"
+        );
+        let aborted = r
+            .abort_run(
+                &caller(),
+                Role::Operator,
+                &waiting.id,
+                Some("not today".into()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(aborted.phase, RunPhase::Aborted);
+        assert_eq!(aborted.steps[1].status, StepStatus::Failed);
+        assert_eq!(aborted.steps[2].status, StepStatus::Skipped);
+        assert!(aborted.note.unwrap_or_default().ends_with(": not today"));
+        let settings = cellfleet::moves::MoveSettings::default();
+        r.drive_once("test-driver", &settings).await.unwrap();
+        assert!(r.events(Some(&waiting.id), 10).await.unwrap().is_empty());
+        assert!(
+            r.approve_run(&caller(), Role::Admin, &waiting.id)
+                .await
+                .is_err()
+        );
     }
 );

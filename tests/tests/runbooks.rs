@@ -10,7 +10,7 @@
 //!   tells its tenant; `incident-comms` tells every tenant of a cell;
 //! - `release-rollback` brings a release a train put on the canary back and resumes the line
 //!   on approval;
-//! - dry runs change nothing.
+//! - dry runs change nothing; `cell drain|retire|undrain` behave as documented.
 
 use std::time::Duration;
 
@@ -389,5 +389,30 @@ async fn tenant_move_hotfix_incident_comms_and_release_rollback_on_a_real_fleet(
     for c in cells.as_array().cloned().unwrap_or_default() {
         assert_ne!(c["desiredRelease"], "2.0.0", "no cell keeps 2.0.0: {c}");
     }
+    // The cell lifecycle by hand: drain, a refused retire naming the tenant, undrain.
+    let globex_cell = fleet.cell_of("globex").unwrap_or_default();
+    let drained = fleet.run(&["cell", "drain", &globex_cell, "--reason", "maintenance"]);
+    assert!(
+        drained
+            .ok()
+            .contains("ready → draining (1 tenant environment(s) on it)"),
+        "{}",
+        drained.stdout
+    );
+    let refused = fleet.run(&["cell", "retire", &globex_cell]);
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused
+            .stderr
+            .contains("still holds 1 tenant environment(s) (globex/prod)"),
+        "{}",
+        refused.stderr
+    );
+    let undrained = fleet.run(&["cell", "undrain", &globex_cell]);
+    assert!(
+        undrained.ok().contains("draining → ready"),
+        "{}",
+        undrained.stdout
+    );
     fleet.check_invariants(&["acme", "globex"]).await;
 }
