@@ -7,6 +7,7 @@
 //! field.
 
 pub mod agent;
+pub mod exposition;
 pub mod failpoints;
 pub mod ids;
 pub mod model;

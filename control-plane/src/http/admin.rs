@@ -63,21 +63,19 @@ pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "meta", security(("bearer" = [])),
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+    responses((status = 200, description = "The classic Prometheus text format (0.0.4); OpenMetrics 1.0 when `Accept` asks for application/openmetrics-text",
+        content((String = "text/plain"), (String = "application/openmetrics-text")))))]
 pub async fn metrics(
     State(state): State<AppState>,
     auth: Auth,
+    headers: axum::http::HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     auth.require(Action::ReadMetadata)?;
     let (tenants, cells) = state.registry.state_counts().await?;
-    let body = state.metrics.render(&tenants, &cells);
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        body,
-    ))
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, body) =
+        cellfleet_api::exposition::negotiate(accept, state.metrics.render(&tenants, &cells));
+    Ok(([(header::CONTENT_TYPE, content_type)], body))
 }
 
 #[utoipa::path(get, path = "/openapi.json", tag = "meta", security(("bearer" = [])),

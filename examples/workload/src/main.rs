@@ -341,16 +341,14 @@ async fn tenant_middleware(State(s): State<AppState>, req: Request, next: Next) 
     response
 }
 
-async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+async fn metrics(State(s): State<AppState>, headers: axum::http::HeaderMap) -> impl IntoResponse {
     let mut out = String::new();
     let _ = prometheus_client::encoding::text::encode(&mut out, &s.metrics.registry);
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        out,
-    )
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let (content_type, body) = cellfleet_api::exposition::negotiate(accept, out);
+    ([(axum::http::header::CONTENT_TYPE, content_type)], body)
 }
 
 fn now_millis() -> i64 {

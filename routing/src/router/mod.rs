@@ -570,12 +570,11 @@ async fn metrics(State(state): State<RouterState>, headers: HeaderMap) -> Respon
             "missing or wrong router lookup token (Authorization: Bearer …)".into(),
         );
     }
-    let text = state.inner.metrics.render(state.gauges());
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, text) =
+        cellfleet_api::exposition::negotiate(accept, state.inner.metrics.render(state.gauges()));
     (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        )],
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
         text,
     )
         .into_response()
