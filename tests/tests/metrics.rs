@@ -60,6 +60,9 @@ fn scrape(base: &str, headers: &[(&str, &str)]) -> (String, String) {
     (content_type, body)
 }
 
+/// A binary's name, base URL and the headers its `/metrics` needs.
+type Target<'a> = (&'a str, String, Vec<(&'a str, &'a str)>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metrics_endpoint_passes_promtool_and_negotiates_openmetrics() {
     let fleet = LocalFleet::start(&[("cell-a", 5)]).await;
@@ -91,7 +94,7 @@ async fn every_metrics_endpoint_passes_promtool_and_negotiates_openmetrics() {
     fleet.run(&["tenant", "list"]).ok();
     let admin = std::fs::read_to_string(&fleet.admin).unwrap_or_default();
     let bearer = format!("Bearer {}", admin.trim());
-    let targets: Vec<(&str, String, Vec<(&str, &str)>)> = vec![
+    let targets: Vec<Target> = vec![
         (
             "control plane",
             fleet.url().to_owned(),
