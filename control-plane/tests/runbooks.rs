@@ -145,6 +145,25 @@ spec:
     )
     .unwrap();
     std::fs::write(
+        dir.path().join("wedge.yaml"),
+        r#"apiVersion: cellfleet.io/v1
+kind: Runbook
+metadata: {name: wedge}
+spec:
+  description: a for-each whose concurrency is no number
+  roles: [admin]
+  params:
+    - {name: c, type: string, default: many}
+  steps:
+    - name: each
+      kind: for-each
+      items: [a, b]
+      concurrency: "${c}"
+      step: {name: same, kind: check, condition: equals, with: {a: "${item}", b: a}}
+"#,
+    )
+    .unwrap();
+    std::fs::write(
         dir.path().join("broken.yaml"),
         "apiVersion: cellfleet.io/v1\nkind: Runbook\nmetadata: {name: broken}\nspec:\n  description: x\n  roles: [admin]\n  steps:\n    - {name: a, kind: teleport}\n",
     )
@@ -746,6 +765,21 @@ both_backends!(
         assert_eq!(events.len(), 1, "{events:?}");
         assert_eq!(events[0].message, format!("run {id}: step must failed"));
         assert_eq!(events[0].to, ["oncall"]);
+
+        // A step argument that can never work (a concurrency that is no number) is refused when
+        // the run is planned, before anything starts.
+        let before = snapshot(&t).await;
+        let err = r
+            .start_run(&caller(), Role::Admin, "wedge", &req(&[], false))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .contains("concurrency \"many\": a number from 1 to 32"),
+            "{err}"
+        );
+        assert_eq!(snapshot(&t).await, before);
 
         // Abort: a run waiting for its approval stops there; its later steps never run.
         let waiting = r

@@ -201,13 +201,25 @@ impl Registry {
                     }
                 }
                 match rendered_with(spec, ctx) {
-                    Ok(with) => self.begin_step(tx, run, spec, sr, &with, ctx).await?,
+                    // An argument the step cannot use (a concurrency that is no number, say)
+                    // fails the step; only the registry's own errors end the pass.
+                    Ok(with) => match self.begin_step(tx, run, spec, sr, &with, ctx).await {
+                        Err(e) if registry_error(&e) => return Err(e),
+                        Err(e) => fail(sr, now, e.to_string()),
+                        Ok(()) => {}
+                    },
                     Err(e) => fail(sr, now, e),
                 }
                 Ok(true)
             }
             StepStatus::Running => match rendered_with(spec, ctx) {
-                Ok(with) => self.poll_step(tx, run, spec, sr, &with, ctx).await,
+                Ok(with) => match self.poll_step(tx, run, spec, sr, &with, ctx).await {
+                    Err(e) if !registry_error(&e) => {
+                        fail(sr, now, e.to_string());
+                        Ok(true)
+                    }
+                    other => other,
+                },
                 Err(e) => {
                     fail(sr, now, e);
                     Ok(true)
