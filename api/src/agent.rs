@@ -305,7 +305,6 @@ pub struct AgentReport {
     pub health: Option<Health>,
     /// Rows per tenant in the cell database.
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub tenant_rows: BTreeMap<String, i64>,
     /// What stops the reconcile, if anything (one line each).
     #[serde(default)]
@@ -320,7 +319,6 @@ pub struct AgentReport {
     pub workload: Option<WorkloadStatus>,
     /// Rows in the cell database of tenants that are not placed on the cell (keys as stored).
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub stray_rows: BTreeMap<String, i64>,
     /// Tenant tables a move could not copy safely (no primary key, or one that could collide in
     /// another cell), one line each: a move from this cell refuses to start while any exists.

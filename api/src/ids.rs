@@ -44,13 +44,34 @@ pub fn validate_dns_label(s: &str) -> Result<(), IdError> {
     Ok(())
 }
 
+/// The DNS-label rule as a JSON Schema pattern (ECMA-262), for the OpenAPI document: clients and
+/// fuzzers then know which strings the server takes.
+pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
+
+/// The schema of every DNS-label id: a string of 1–63 characters matching [`DNS_LABEL_PATTERN`].
+pub fn dns_label_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .min_length(Some(1))
+        .max_length(Some(63))
+        .pattern(Some(DNS_LABEL_PATTERN))
+        .into()
+}
+
 macro_rules! dns_label_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, utoipa::ToSchema)]
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
         #[serde(transparent)]
-        #[schema(value_type = String)]
         pub struct $name(String);
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                dns_label_schema()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
 
         impl $name {
             /// Validates `s` and wraps it.

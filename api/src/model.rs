@@ -284,12 +284,10 @@ pub struct CellView {
     /// The workload's health over the agent's window, as last reported.
     pub health: Option<crate::agent::Health>,
     /// Rows per tenant in the cell database, as last reported.
-    #[schema(value_type = Object)]
     pub tenant_rows: BTreeMap<String, i64>,
     /// The workload process as its agent last reported it.
     pub workload: Option<crate::agent::WorkloadStatus>,
     /// Rows of tenants not placed on the cell, as last reported (isolation drift).
-    #[schema(value_type = Object)]
     pub stray_rows: BTreeMap<String, i64>,
 }
 
@@ -496,9 +494,9 @@ named_enum!(ApplyOutcome { Created => "created", Configured => "configured", Unc
 pub struct FieldChange {
     /// Dotted path of the field, e.g. `spec.capacity`.
     pub path: String,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub from: Option<serde_json::Value>,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub to: Option<serde_json::Value>,
 }
 
@@ -578,7 +576,7 @@ pub struct AuditRecord {
     pub action: String,
     pub target: String,
     pub correlation_id: String,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub payload: serde_json::Value,
     pub prev_hash: String,
     pub hash: String,
@@ -657,7 +655,7 @@ pub struct ErrorBody {
     pub code: String,
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub details: Option<serde_json::Value>,
 }
 

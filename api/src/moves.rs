@@ -301,10 +301,10 @@ pub struct MoveChunk {
     /// `copy` rows, captured `changes`, or an `end` marker closing the bulk copy.
     pub kind: String,
     /// Rows (copy) or changes, as JSON: `[{table, op, pk, row}]` (`row` null for a delete).
-    #[schema(value_type = Object)]
+    #[schema(value_type = Vec<Value>)]
     pub items: Vec<serde_json::Value>,
     /// Where the uploader resumes after this chunk (opaque to the control plane).
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub cursor: serde_json::Value,
     /// The highest change sequence of the uploader's capture log this chunk covers.
     pub change_seq: i64,
@@ -323,12 +323,11 @@ pub struct Verify {
     /// The checksum round this answers (one per cut-over attempt).
     pub round: u32,
     /// Per table: the rows and checksum at the shipping side.
-    #[schema(value_type = Object)]
     pub sums: BTreeMap<String, TableSum>,
     /// When set, the sums cover only these primary keys per table (the rows changed since the
     /// last full verify); else every row of the tenant.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<BTreeMap<String, Vec<Value>>>)]
     pub pks: Option<BTreeMap<String, Vec<serde_json::Value>>>,
 }
 
@@ -347,7 +346,7 @@ pub struct TableSum {
 pub struct StreamPosition {
     /// The last chunk the control plane holds (0: none).
     pub last_seq: i64,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub cursor: serde_json::Value,
     /// Chunks stored but not yet applied by the other side (the uploader waits above a bound).
     pub unapplied: i64,

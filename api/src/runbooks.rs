@@ -42,7 +42,7 @@ pub struct ParamSpec {
     #[serde(default)]
     pub required: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub default: Option<serde_json::Value>,
     /// The allowed values of an `enum`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -104,11 +104,11 @@ pub struct StepSpec {
     pub roles: Vec<Role>,
     /// `for-each`: the list (`${steps.drain.tenants}`, a list parameter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub items: Option<serde_json::Value>,
     /// `for-each`: how many items run at once (default 1; may be `${param}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub concurrency: Option<serde_json::Value>,
     /// `for-each`: the step run for each item (`${item}` is the item).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -121,7 +121,8 @@ pub struct StepSpec {
         rename = "on-failure",
         skip_serializing_if = "OnStepFailure::is_stop"
     )]
-    #[schema(value_type = Object)]
+    /// `"continue"` (`"stop"` is left out), or `{"run": STEP}`.
+    #[schema(value_type = Value)]
     pub on_failure: OnStepFailure,
 }
 
@@ -305,14 +306,14 @@ pub struct StepRun {
     pub status: StepStatus,
     /// The item of a `for-each` this runs for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub item: Option<serde_json::Value>,
     /// What it did or why it failed, one line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     /// What later steps may read (`${steps.NAME.…}`).
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub output: serde_json::Value,
     /// The operation it started (a move's id), so a resumed run follows it instead of starting
     /// another.
@@ -369,7 +370,7 @@ pub struct PlannedStep {
     /// What it would do, in words, with concrete targets.
     pub action: String,
     /// Its arguments, resolved.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub with: serde_json::Value,
     /// A check's verdict now (`false`: the run would stop here today).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -397,6 +397,7 @@ pub struct FlagTarget {
     pub cells: Vec<CellName>,
     /// A stable share of tenants (0–100), by a hash of flag name and tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 100)]
     pub percent: Option<u8>,
 }
 
@@ -404,8 +405,9 @@ pub struct FlagTarget {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SetFlagRequest {
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,63}$")]
     pub name: String,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub value: serde_json::Value,
     #[serde(default)]
     pub target: FlagTarget,
@@ -416,7 +418,7 @@ pub struct SetFlagRequest {
 #[serde(rename_all = "camelCase")]
 pub struct FlagView {
     pub name: String,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub value: serde_json::Value,
     pub target: FlagTarget,
     /// Killed (`flag kill`): `false` for every tenant, whatever else says.
@@ -458,6 +460,26 @@ pub struct ReleaseHealth {
     pub latency_p99_ms: Option<f64>,
     /// Per tenant: (requests, errors), for error-budget burn.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(schema_with = tenant_counts_schema)]
     pub tenants: BTreeMap<String, (u64, u64)>,
+}
+
+/// `{TENANT: [requests, errors]}`: pairs of counts.
+fn tenant_counts_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    let count = ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+            utoipa::openapi::KnownFormat::Int64,
+        )))
+        .minimum(Some(0));
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .additional_properties(Some(
+            ArrayBuilder::new()
+                .items(count)
+                .min_items(Some(2))
+                .max_items(Some(2)),
+        ))
+        .build()
 }

@@ -409,7 +409,7 @@ both_backends!(an_agent_token_acts_only_for_its_own_cell, |backend| {
         .await;
     assert_eq!(
         (status, v["code"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("invalid_request")),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_request")),
         "{v}"
     );
     let (status, _, _) = api

@@ -171,6 +171,11 @@ pub struct ServeArgs {
     /// the server's configuration.
     #[arg(long = "runbooks", env = "CELLFLEET_RUNBOOKS", value_delimiter = ':')]
     pub runbooks: Vec<PathBuf>,
+    /// The longest a long-poll (an agent's `GET /v1/agent/desired`, a router's
+    /// `GET /v1/routes/watch`) holds its request, whatever `timeout` the client asked for: keep
+    /// it below the idle timeout of any proxy or load balancer in front of the control plane.
+    #[arg(long, env = "CELLFLEET_MAX_WAIT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub max_wait: Duration,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -392,6 +397,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         settings: Settings {
             archive_retention: args.archive_retention,
             runbook_dirs: args.runbooks,
+            max_wait: args.max_wait,
             ..Settings::default()
         },
         max_body_bytes: args.max_body_bytes,

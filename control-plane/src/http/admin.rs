@@ -12,7 +12,8 @@ use super::{ApiDoc, ApiError, AppState};
 use crate::auth::Action;
 
 #[utoipa::path(post, path = "/v1/tokens", tag = "tokens", security(("bearer" = [])), request_body = CreateTokenRequest,
-    responses((status = 201, description = "The secret is in this response only", body = TokenCreated), (status = 400, body = ErrorBody)))]
+    responses((status = 201, description = "The secret is in this response only", body = TokenCreated), (status = 400, body = ErrorBody),
+        (status = 404, description = "The agent token's cell does not exist", body = ErrorBody)))]
 pub async fn create_token(
     State(state): State<AppState>,
     auth: Auth,

@@ -18,20 +18,17 @@ pub struct DesiredQuery {
     /// Return as soon as the cell's generation is above this (default 0: at once).
     pub since: Option<i64>,
     /// How long to wait for a newer generation, e.g. `30s` (default 30s, at most 60s).
+    #[param(pattern = "^[0-9]{1,9}(ms|s|m|h)$")]
     pub timeout: Option<String>,
     /// The cell; must be the token's own (default: the token's cell).
-    pub cell: Option<String>,
+    pub cell: Option<CellName>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ReportQuery {
     /// The cell; must be the token's own (default: the token's cell).
-    pub cell: Option<String>,
-}
-
-fn requested_cell(cell: Option<&str>) -> Result<Option<CellName>, ApiError> {
-    cell.map(|c| parse_id("cell name", c)).transpose()
+    pub cell: Option<CellName>,
 }
 
 /// Long-poll for the desired state of the agent's own cell.
@@ -45,7 +42,7 @@ pub async fn desired(
     auth: Auth,
     ApiQuery(q): ApiQuery<DesiredQuery>,
 ) -> Result<Json<DesiredState>, ApiError> {
-    let (_, cell) = auth.require_agent(requested_cell(q.cell.as_deref())?.as_ref())?;
+    let (_, cell) = auth.require_agent(q.cell.as_ref())?;
     let wait = long_poll_wait(q.timeout.as_deref())?;
     let desired = state
         .registry
@@ -69,14 +66,14 @@ pub async fn report(
     ApiQuery(q): ApiQuery<ReportQuery>,
     ApiJson(report): ApiJson<AgentReport>,
 ) -> Result<StatusCode, ApiError> {
-    let (caller, cell) = auth.require_agent(requested_cell(q.cell.as_deref())?.as_ref())?;
+    let (caller, cell) = auth.require_agent(q.cell.as_ref())?;
     state.registry.report(&caller, &cell, report).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Any cell's desired state, for operators.
 #[utoipa::path(get, path = "/v1/cells/{name}/desired", tag = "fleet", security(("bearer" = [])),
-    params(("name" = String, Path, description = "Cell name")),
+    params(("name" = cellfleet_api::CellName, Path, description = "Cell name")),
     responses((status = 200, body = DesiredState), (status = 404, body = ErrorBody)))]
 pub async fn cell_desired(
     State(state): State<AppState>,

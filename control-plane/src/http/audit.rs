@@ -52,7 +52,7 @@ pub async fn verify(
 /// The same, also against checkpoint copies kept elsewhere (from `audit checkpoints -o json`, a
 /// log pipeline, …).
 #[utoipa::path(post, path = "/v1/audit/verify", tag = "audit", security(("bearer" = [])),
-    request_body = VerifyAuditRequest,
+    request_body = Option<VerifyAuditRequest>,
     responses((status = 200, description = "Verification result (ok=false names where tampering starts)", body = AuditVerification),
         (status = 400, body = ErrorBody)))]
 pub async fn verify_with_copies(

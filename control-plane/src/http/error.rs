@@ -33,8 +33,12 @@ impl ApiError {
             ApiError::Forbidden(_) | ApiError::Service(S::Forbidden(_)) => {
                 (StatusCode::FORBIDDEN, "forbidden")
             }
-            ApiError::BadRequest(_) | ApiError::Service(S::Invalid(_)) => {
-                (StatusCode::BAD_REQUEST, "invalid_request")
+            // The request does not parse (its body, a parameter, a path segment): 400.
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            // It parsed, and a rule refused it (one the schema can state or one it cannot, like
+            // an agent token bound to a cell, or a runbook's own parameters): 422.
+            ApiError::Service(S::Invalid(_)) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request")
             }
             ApiError::NotFound(_) | ApiError::Service(S::NotFound { .. }) => {
                 (StatusCode::NOT_FOUND, "not_found")

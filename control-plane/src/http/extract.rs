@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -186,23 +186,86 @@ pub fn bearer_token(value: &str) -> Option<&str> {
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
-impl<T> FromRequest<AppState> for ApiJson<T>
-where
-    axum::Json<T>: FromRequest<AppState, Rejection = JsonRejection>,
-{
+impl<T: serde::de::DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(ApiError::PayloadTooLarge(state.max_body_bytes))
-            }
-            Err(rejection) => Err(ApiError::BadRequest(format!(
-                "invalid request body: {}",
-                rejection.body_text()
-            ))),
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                let essence = v.split(';').next().unwrap_or_default().trim();
+                essence.eq_ignore_ascii_case("application/json")
+                    || essence.to_ascii_lowercase().ends_with("+json")
+            });
+        if !is_json {
+            return Err(ApiError::BadRequest(
+                "invalid request body: expected `Content-Type: application/json`".to_owned(),
+            ));
         }
+        let bytes = body_bytes(req, state).await?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+async fn body_bytes(req: Request, state: &AppState) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::Bytes::from_request(req, state)
+        .await
+        .map_err(|r| {
+            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(state.max_body_bytes)
+            } else {
+                ApiError::BadRequest(format!("invalid request body: {}", r.body_text()))
+            }
+        })
+}
+
+/// Parses a JSON body. JSON does not tell `3` from `3.0`, and the OpenAPI document's `integer`
+/// (JSON Schema's) admits both, so a body that fails only because a whole number came with a
+/// fraction part is parsed again with those numbers as integers. The first attempt is the
+/// plain one, so large bodies (move chunks) pay nothing extra.
+///
+/// Every request body of this API is a JSON object (`null` too where the body is optional): serde
+/// would also build a struct from an array of its fields, which no schema here describes.
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::BadRequest(
+            "invalid request body: expected a JSON object, not an array".to_owned(),
+        ));
+    }
+    let err = match serde_json::from_slice(bytes) {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    let bad = |e: serde_json::Error| ApiError::BadRequest(format!("invalid request body: {e}"));
+    let mut value: serde_json::Value = serde_json::from_slice(bytes).map_err(bad)?;
+    if !integral_floats_to_integers(&mut value) {
+        return Err(bad(err));
+    }
+    serde_json::from_value(value).map_err(bad)
+}
+
+/// Rewrites every exactly represented number with a zero fraction as that integer; whether any
+/// was rewritten.
+fn integral_floats_to_integers(value: &mut serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            match n.as_f64() {
+                // Only where a double is exact (|f| ≤ 2^53): an integer too large for an `i64`,
+                // which serde_json also reads as a double, must not become one that fits.
+                Some(f) if f.fract() == 0.0 && f.abs() <= 2f64.powi(53) => {
+                    #[allow(clippy::cast_possible_truncation)]
+                    let i = f as i64;
+                    *value = serde_json::Value::from(i);
+                    true
+                }
+                _ => false,
+            }
+        }
+        serde_json::Value::Array(items) => rewrite_all(items.iter_mut()),
+        serde_json::Value::Object(map) => rewrite_all(map.values_mut()),
+        _ => false,
     }
 }
 
@@ -214,21 +277,12 @@ impl<T: serde::de::DeserializeOwned> FromRequest<AppState> for OptionalJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|r| {
-                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge(state.max_body_bytes)
-                } else {
-                    ApiError::BadRequest(format!("invalid request body: {}", r.body_text()))
-                }
-            })?;
+        let bytes = body_bytes(req, state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(None));
         }
-        serde_json::from_slice(&bytes)
-            .map(|v| OptionalJson(Some(v)))
-            .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))
+        // `null` is no body too.
+        parse_json::<Option<T>>(&bytes).map(OptionalJson)
     }
 }
 
@@ -248,5 +302,54 @@ where
             .await
             .map(|q| ApiQuery(q.0))
             .map_err(|r| ApiError::BadRequest(format!("invalid query: {}", r.body_text())))
+    }
+}
+
+/// [`integral_floats_to_integers`] on every value (none skipped once one was rewritten).
+fn rewrite_all<'a>(values: impl Iterator<Item = &'a mut serde_json::Value>) -> bool {
+    let mut any = false;
+    for v in values {
+        any |= integral_floats_to_integers(v);
+    }
+    any
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    struct Body {
+        n: i64,
+        #[serde(default)]
+        list: Vec<u64>,
+    }
+
+    #[test]
+    fn whole_numbers_with_a_fraction_part_are_integers() {
+        let b: Body = parse_json(br#"{"n": 3.0, "list": [1, 2.0, 3e2]}"#).unwrap();
+        assert_eq!(
+            b,
+            Body {
+                n: 3,
+                list: vec![1, 2, 300]
+            }
+        );
+        // A real fraction, and an integer too large for an i64 (read as a double), stay refused.
+        for bad in [
+            r#"{"n": 3.5}"#,
+            r#"{"n": -9223372036854775809}"#,
+            r#"{"n": 1e300}"#,
+        ] {
+            let err = parse_json::<Body>(bad.as_bytes()).unwrap_err();
+            assert!(matches!(err, ApiError::BadRequest(_)), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_body_is_an_object_or_for_an_optional_body_null() {
+        let err = parse_json::<Body>(b" [1]").unwrap_err();
+        assert!(err.to_string().contains("not an array"), "{err}");
+        assert_eq!(parse_json::<Option<Body>>(b"null").unwrap(), None);
     }
 }

@@ -65,7 +65,7 @@ pub async fn list_cells(
 }
 
 #[utoipa::path(get, path = "/v1/cells/{name}", tag = "fleet", security(("bearer" = [])),
-    params(("name" = String, Path, description = "Cell name")),
+    params(("name" = cellfleet_api::CellName, Path, description = "Cell name")),
     responses((status = 200, body = CellView), (status = 404, body = ErrorBody)))]
 pub async fn get_cell(
     State(state): State<AppState>,

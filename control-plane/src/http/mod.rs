@@ -12,6 +12,7 @@ mod extract;
 mod fleet;
 mod metrics;
 mod moves;
+mod openapi;
 mod releases;
 mod routes;
 mod runbooks;
@@ -24,11 +25,11 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use utoipa::OpenApi;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 pub use error::ApiError;
 pub use extract::CORRELATION_HEADER;
 pub use metrics::Metrics;
+use openapi::{BearerAuth, SharedAnswers};
 
 use crate::service::Registry;
 
@@ -181,12 +182,28 @@ fn warning_headers<'a>(warnings: impl IntoIterator<Item = &'a str>) -> axum::htt
     headers
 }
 
-/// The `timeout` of a long-poll (`30s` when absent; the service caps it).
+/// The `timeout` of a long-poll: digits and one unit (`ms`, `s`, `m`, `h`), as the OpenAPI
+/// document's pattern says (`30s` when absent; the service caps it).
 fn long_poll_wait(timeout: Option<&str>) -> Result<std::time::Duration, ApiError> {
-    match timeout {
-        None => Ok(std::time::Duration::from_secs(30)),
-        Some(t) => humantime::parse_duration(t)
-            .map_err(|e| ApiError::BadRequest(format!("invalid timeout {t:?}: {e}"))),
+    let Some(t) = timeout else {
+        return Ok(std::time::Duration::from_secs(30));
+    };
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let ms_per = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => 0,
+    };
+    match n.parse::<u64>() {
+        Ok(n) if ms_per > 0 && (1..=9).contains(&digits) => {
+            Ok(std::time::Duration::from_millis(n.saturating_mul(ms_per)))
+        }
+        _ => Err(ApiError::BadRequest(format!(
+            "invalid timeout {t:?}: digits and a unit (ms, s, m or h), e.g. 30s"
+        ))),
     }
 }
 
@@ -212,18 +229,29 @@ fn long_poll_wait(timeout: Option<&str>) -> Result<std::time::Duration, ApiError
         audit::list, audit::verify, audit::verify_with_copies, audit::checkpoints,
         audit::checkpoint, audit::key,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &SharedAnswers),
 )]
 pub struct ApiDoc;
 
-struct BearerAuth;
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
 
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
+    #[test]
+    fn a_long_poll_timeout_is_digits_and_a_unit() {
+        for (t, want) in [
+            ("30s", 30_000),
+            ("1500ms", 1_500),
+            ("2m", 120_000),
+            ("1h", 3_600_000),
+        ] {
+            assert_eq!(
+                super::long_poll_wait(Some(t)).unwrap(),
+                Duration::from_millis(want)
+            );
+        }
+        for bad in ["", "30", "s", "1h 30m", "-1s", "1.5s", "1234567890s", "30S"] {
+            assert!(super::long_poll_wait(Some(bad)).is_err(), "{bad:?}");
+        }
     }
 }

@@ -74,7 +74,7 @@ pub async fn get(
 
 /// Aborts a move before its cut-over: the target drops its copy, the tenant stays where it is.
 #[utoipa::path(post, path = "/v1/moves/{id}/abort", tag = "moves", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Move id")), request_body = AbortMoveRequest,
+    params(("id" = String, Path, description = "Move id")), request_body = Option<AbortMoveRequest>,
     responses((status = 200, body = MoveView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn abort(
     State(state): State<AppState>,

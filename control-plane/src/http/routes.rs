@@ -16,9 +16,11 @@ pub struct WatchQuery {
     /// The table version the client has (default 0).
     pub since: Option<i64>,
     /// How long to wait for a change, e.g. `30s` (default 30s, at most 60s).
+    #[param(pattern = "^[0-9]{1,9}(ms|s|m|h)$")]
     pub timeout: Option<String>,
     /// The router's stable id: `since` is then its acknowledgement of the table it serves, which
     /// tenant moves wait for (`cellfleet router list`).
+    #[param(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     pub router: Option<String>,
 }
 
@@ -26,7 +28,7 @@ pub struct WatchQuery {
 #[into_params(parameter_in = Query)]
 pub struct EnvQuery {
     /// Environment tier (default `prod`).
-    pub env: Option<String>,
+    pub env: Option<cellfleet_api::Env>,
 }
 
 /// The whole routing table `{version, entries}`.
@@ -73,7 +75,7 @@ pub async fn watch(
 
 /// One tenant's route.
 #[utoipa::path(get, path = "/v1/routes/{tenant}", tag = "routes", security(("bearer" = [])),
-    params(("tenant" = String, Path, description = "Tenant id"), EnvQuery),
+    params(("tenant" = cellfleet_api::TenantId, Path, description = "Tenant id"), EnvQuery),
     responses((status = 200, body = RouteEntry), (status = 404, description = "No route (unknown, draft, archived or deleted tenant)", body = ErrorBody)))]
 pub async fn lookup(
     State(state): State<AppState>,
@@ -83,9 +85,6 @@ pub async fn lookup(
 ) -> Result<Json<RouteEntry>, ApiError> {
     auth.require(Action::ReadRoutes)?;
     let tenant: TenantId = parse_id("tenant id", &tenant)?;
-    let env = match q.env {
-        Some(e) => parse_id::<Env>("env", &e)?,
-        None => Env::prod(),
-    };
+    let env = q.env.unwrap_or_else(Env::prod);
     Ok(Json(state.registry.route(&tenant, &env).await?))
 }

@@ -111,7 +111,7 @@ pub async fn approve(
 
 /// Stops a run where it is (an operation a step started goes on by itself; the note names it).
 #[utoipa::path(post, path = "/v1/runbook-runs/{id}/abort", tag = "runbooks", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Run id")), request_body = AbortRunRequest,
+    params(("id" = String, Path, description = "Run id")), request_body = Option<AbortRunRequest>,
     responses((status = 200, body = RunView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub async fn abort(
@@ -140,6 +140,7 @@ pub struct EventsQuery {
     /// Only the events of this run.
     pub run: Option<String>,
     /// At most this many, newest first (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
@@ -179,7 +180,7 @@ async fn lifecycle(
 
 /// `ready → draining`: the cell takes no new placements.
 #[utoipa::path(post, path = "/v1/cells/{name}/drain", tag = "cells", security(("bearer" = [])),
-    params(("name" = String, Path, description = "Cell name")), request_body = CellLifecycleRequest,
+    params(("name" = cellfleet_api::CellName, Path, description = "Cell name")), request_body = Option<CellLifecycleRequest>,
     responses((status = 200, body = CellLifecycle), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn drain(
     State(state): State<AppState>,
@@ -199,7 +200,7 @@ pub async fn drain(
 
 /// `draining → ready`.
 #[utoipa::path(post, path = "/v1/cells/{name}/undrain", tag = "cells", security(("bearer" = [])),
-    params(("name" = String, Path, description = "Cell name")), request_body = CellLifecycleRequest,
+    params(("name" = cellfleet_api::CellName, Path, description = "Cell name")), request_body = Option<CellLifecycleRequest>,
     responses((status = 200, body = CellLifecycle), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn undrain(
     State(state): State<AppState>,
@@ -219,7 +220,7 @@ pub async fn undrain(
 
 /// `draining → retired`, only when nothing is placed on the cell and no move goes through it.
 #[utoipa::path(post, path = "/v1/cells/{name}/retire", tag = "cells", security(("bearer" = [])),
-    params(("name" = String, Path, description = "Cell name")), request_body = CellLifecycleRequest,
+    params(("name" = cellfleet_api::CellName, Path, description = "Cell name")), request_body = Option<CellLifecycleRequest>,
     responses((status = 200, body = CellLifecycle), (status = 404, body = ErrorBody),
         (status = 409, description = "Not draining, or tenants or a move remain (named)", body = ErrorBody)))]
 pub async fn retire(

@@ -17,14 +17,14 @@ use crate::lifecycle::Transition;
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only tenants in this state (default: every tenant that is not deleted).
-    pub state: Option<String>,
+    pub state: Option<TenantState>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct EnvQuery {
     /// Environment tier (default `prod`).
-    pub env: Option<String>,
+    pub env: Option<Env>,
 }
 
 #[utoipa::path(get, path = "/v1/tenants", tag = "tenants", security(("bearer" = [])), params(ListQuery),
@@ -35,11 +35,7 @@ pub async fn list(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<TenantView>>, ApiError> {
     auth.require(Action::ReadFleet)?;
-    let filter = q
-        .state
-        .map(|s| s.parse::<TenantState>().map_err(ApiError::BadRequest))
-        .transpose()?;
-    Ok(Json(state.registry.tenants(filter).await?))
+    Ok(Json(state.registry.tenants(q.state).await?))
 }
 
 /// Creates a tenant and places it; it stays `draft` with the reason when nothing has room.
@@ -71,7 +67,7 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/v1/tenants/{id}", tag = "tenants", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Tenant id")),
+    params(("id" = cellfleet_api::TenantId, Path, description = "Tenant id")),
     responses((status = 200, body = TenantView), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
@@ -102,7 +98,7 @@ async fn transition(
 }
 
 #[utoipa::path(post, path = "/v1/tenants/{id}/suspend", tag = "tenants", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Tenant id")), request_body = LifecycleRequest,
+    params(("id" = cellfleet_api::TenantId, Path, description = "Tenant id")), request_body = Option<LifecycleRequest>,
     responses((status = 200, body = TenantView), (status = 409, description = "Illegal transition", body = ErrorBody)))]
 pub async fn suspend(
     State(state): State<AppState>,
@@ -114,7 +110,7 @@ pub async fn suspend(
 }
 
 #[utoipa::path(post, path = "/v1/tenants/{id}/resume", tag = "tenants", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Tenant id")), request_body = LifecycleRequest,
+    params(("id" = cellfleet_api::TenantId, Path, description = "Tenant id")), request_body = Option<LifecycleRequest>,
     responses((status = 200, body = TenantView), (status = 409, description = "Illegal transition", body = ErrorBody)))]
 pub async fn resume(
     State(state): State<AppState>,
@@ -126,7 +122,7 @@ pub async fn resume(
 }
 
 #[utoipa::path(post, path = "/v1/tenants/{id}/archive", tag = "tenants", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Tenant id")), request_body = LifecycleRequest,
+    params(("id" = cellfleet_api::TenantId, Path, description = "Tenant id")), request_body = Option<LifecycleRequest>,
     responses((status = 200, body = TenantView), (status = 409, description = "Illegal transition", body = ErrorBody)))]
 pub async fn archive(
     State(state): State<AppState>,
@@ -139,7 +135,7 @@ pub async fn archive(
 
 /// Deletes an archived tenant once its retention has passed (the id stays reserved).
 #[utoipa::path(delete, path = "/v1/tenants/{id}", tag = "tenants", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Tenant id")),
+    params(("id" = cellfleet_api::TenantId, Path, description = "Tenant id")),
     responses((status = 200, body = TenantView), (status = 409, description = "Not archived, or retention not passed", body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -150,7 +146,7 @@ pub async fn delete(
 }
 
 #[utoipa::path(get, path = "/v1/tenants/{id}/explain", tag = "tenants", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Tenant id")),
+    params(("id" = cellfleet_api::TenantId, Path, description = "Tenant id")),
     responses((status = 200, body = TenantExplain), (status = 404, body = ErrorBody)))]
 pub async fn explain(
     State(state): State<AppState>,
@@ -164,7 +160,7 @@ pub async fn explain(
 
 /// The tenant context every platform module consumes.
 #[utoipa::path(get, path = "/v1/tenants/{id}/context", tag = "tenants", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Tenant id"), EnvQuery),
+    params(("id" = cellfleet_api::TenantId, Path, description = "Tenant id"), EnvQuery),
     responses((status = 200, body = TenantContext), (status = 404, body = ErrorBody), (status = 409, description = "No placement in that env", body = ErrorBody)))]
 pub async fn context(
     State(state): State<AppState>,
@@ -174,9 +170,6 @@ pub async fn context(
 ) -> Result<Json<TenantContext>, ApiError> {
     auth.require(Action::ReadFleet)?;
     let id: TenantId = parse_id("tenant id", &id)?;
-    let env = match q.env {
-        Some(e) => parse_id::<Env>("env", &e)?,
-        None => Env::prod(),
-    };
+    let env = q.env.unwrap_or_else(Env::prod);
     Ok(Json(state.registry.context(&id, &env).await?))
 }

@@ -108,7 +108,7 @@ pub async fn resume(
 
 /// Stops a train for good (`rollback`: also every cell it changed goes back).
 #[utoipa::path(post, path = "/v1/trains/{id}/abort", tag = "trains", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Train id")), request_body = AbortTrainRequest,
+    params(("id" = String, Path, description = "Train id")), request_body = Option<AbortTrainRequest>,
     responses((status = 200, body = TrainView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn abort(
     State(state): State<AppState>,
@@ -128,7 +128,7 @@ pub async fn abort(
 /// Rolls the train's cells (or one) back to their last good release; refused past an applied
 /// contract migration, with the reason.
 #[utoipa::path(post, path = "/v1/trains/{id}/rollback", tag = "trains", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Train id")), request_body = RollbackTrainRequest,
+    params(("id" = String, Path, description = "Train id")), request_body = Option<RollbackTrainRequest>,
     responses((status = 200, body = TrainView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn rollback(
     State(state): State<AppState>,
@@ -154,7 +154,7 @@ pub async fn line(State(state): State<AppState>, auth: Auth) -> Result<Json<Line
 
 /// Stops the line: every open train stops where it is.
 #[utoipa::path(post, path = "/v1/line/stop", tag = "trains", security(("bearer" = [])),
-    request_body = StopLineRequest, responses((status = 200, body = LineView), (status = 400, body = ErrorBody)))]
+    request_body = Option<StopLineRequest>, responses((status = 200, body = LineView), (status = 400, body = ErrorBody)))]
 pub async fn stop_line(
     State(state): State<AppState>,
     auth: Auth,
@@ -200,7 +200,7 @@ pub async fn set_flag(
 
 /// The kill switch: the flag is false for every tenant, at once.
 #[utoipa::path(post, path = "/v1/flags/{name}/kill", tag = "trains", security(("bearer" = [])),
-    params(("name" = String, Path, description = "Flag name")),
+    params(("name" = String, Path, description = "Flag name", pattern = "^[A-Za-z0-9._-]{1,63}$")),
     responses((status = 200, body = FlagView), (status = 400, body = ErrorBody)))]
 pub async fn kill_flag(
     State(state): State<AppState>,

@@ -27,7 +27,7 @@ use crate::store::{self, Caller, CellRow, PlacementRow, TenantRow, Tx};
 /// How often a waiting agent re-reads, to see changes made through other replicas.
 const REPLICA_POLL: Duration = Duration::from_secs(2);
 
-/// The longest an agent's long-poll may wait.
+/// The longest a long-poll may wait unless `serve --max-wait` says otherwise.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// What every cell's desired state is derived from besides its own rows, loaded once per commit.
@@ -200,7 +200,7 @@ impl Registry {
         since: i64,
         wait: Duration,
     ) -> Result<DesiredState> {
-        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        let deadline = tokio::time::Instant::now() + wait.min(self.settings.max_wait);
         let mut changes = self.changes.subscribe();
         loop {
             // Subscribe first, read second: a change committed in between is not missed.

@@ -116,6 +116,9 @@ pub struct Settings {
     pub reports_under_lock: bool,
     /// Folders of runbooks besides the shipped ones (`serve --runbooks`).
     pub runbook_dirs: Vec<std::path::PathBuf>,
+    /// The longest a long-poll (an agent's desired state, a router's watch) holds a request,
+    /// whatever `timeout` it asked for (`serve --max-wait`).
+    pub max_wait: Duration,
 }
 
 impl Default for Settings {
@@ -125,6 +128,7 @@ impl Default for Settings {
             policy: Policy::default(),
             reports_under_lock: false,
             runbook_dirs: Vec::new(),
+            max_wait: MAX_WAIT,
         }
     }
 }

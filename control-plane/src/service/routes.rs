@@ -122,7 +122,7 @@ impl Registry {
     /// Long-poll: the changes after `since` as soon as there are any (or a snapshot when `since`
     /// is older than the change log), else an empty answer when `wait` runs out.
     pub async fn watch_routes(&self, since: i64, wait: Duration) -> Result<RoutesWatch> {
-        let deadline = tokio::time::Instant::now() + wait.min(super::MAX_WAIT);
+        let deadline = tokio::time::Instant::now() + wait.min(self.settings.max_wait);
         let mut changes = self.changes.subscribe();
         loop {
             changes.borrow_and_update();
