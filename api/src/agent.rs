@@ -571,6 +571,10 @@ pub struct RouteEntry {
 pub struct RoutesSnapshot {
     pub version: i64,
     pub entries: Vec<RouteEntry>,
+    /// The identity of the table's history (see [`RoutesWatch::epoch`]); empty from a server
+    /// or a cache file older than epochs.
+    #[serde(default)]
+    pub epoch: String,
 }
 
 /// One change of the routing table: the entry as of `version`, or its removal.
@@ -594,4 +598,11 @@ pub struct RoutesWatch {
     pub changes: Vec<RouteChange>,
     /// Set instead of `changes` when the client must re-snapshot.
     pub snapshot: Option<RoutesSnapshot>,
+    /// The identity of the table's history. Versions compare only within one epoch: it changes
+    /// at every control-plane start and whenever a watcher holds a version ahead of the head
+    /// (the registry was restored from an older copy). A client whose epoch differs gets a
+    /// snapshot, which it takes even where generations go back; within one epoch it refuses to
+    /// go back.
+    #[serde(default)]
+    pub epoch: String,
 }

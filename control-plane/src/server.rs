@@ -104,6 +104,12 @@ impl Server {
             Some(config.audit_checkpoint_log.clone().unwrap_or(default_log)),
         )?;
         let registry = Registry::new(store, config.settings.clone()).with_audit_key(Arc::new(key));
+        // A new routing epoch per start: a registry restored from an older copy cannot hand a
+        // router changes that follow another history (every router takes a snapshot).
+        registry
+            .new_routing_epoch(None, 0, 0)
+            .await
+            .context("starting a routing epoch")?;
         let token_file = config
             .admin_token_file
             .clone()

@@ -8,7 +8,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use cellfleet::lifecycle::Transition;
-use cellfleet::service::{Bootstrap, Error};
+use cellfleet::service::{Bootstrap, Error, Held};
 use cellfleet_api::{ApplyOutcome, CellName, CreateTokenRequest, Env, Role, TenantId, TenantState};
 use sqlx::{Executor, Row};
 use support::*;
@@ -826,7 +826,7 @@ both_backends!(environments_are_placed_each_on_its_own, |backend| {
     assert_eq!(v.state, TenantState::Active);
     let reason = v.state_reason.unwrap_or_default();
     assert!(reason.starts_with("env dev: "), "{reason}");
-    let routes = t.registry.routes().await.unwrap();
+    let routes = t.registry.routes(Held::default()).await.unwrap();
     assert!(
         routes
             .entries

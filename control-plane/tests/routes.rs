@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use cellfleet::lifecycle::Transition;
+use cellfleet::service::Held;
 use cellfleet_api::{Env, RouteEntry, RouteState, TenantId};
 use sqlx::Executor;
 use support::*;
@@ -20,7 +21,17 @@ fn tid(s: &str) -> TenantId {
 
 /// Replays the whole change log into a table: it must equal the snapshot.
 async fn replayed(t: &TestRegistry) -> BTreeMap<(String, String), RouteEntry> {
-    let watch = t.registry.watch_routes(0, Duration::ZERO).await.unwrap();
+    let watch = t
+        .registry
+        .watch_routes(
+            Held {
+                version: 0,
+                epoch: None,
+            },
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
     let mut table = BTreeMap::new();
     for c in watch.changes {
         match c.entry {
@@ -32,7 +43,7 @@ async fn replayed(t: &TestRegistry) -> BTreeMap<(String, String), RouteEntry> {
 }
 
 async fn consistent(t: &TestRegistry) {
-    let snapshot = t.registry.routes().await.unwrap();
+    let snapshot = t.registry.routes(Held::default()).await.unwrap();
     let table: BTreeMap<_, _> = snapshot
         .entries
         .into_iter()
@@ -51,7 +62,7 @@ both_backends!(
         let t = TestRegistry::new(backend).await;
         t.apply(FLEET).await.unwrap();
         assert_eq!(
-            t.registry.routes().await.unwrap().version,
+            t.registry.routes(Held::default()).await.unwrap().version,
             0,
             "no tenant, no route"
         );
@@ -63,7 +74,7 @@ both_backends!(
         ))
         .await
         .unwrap();
-        let snap = t.registry.routes().await.unwrap();
+        let snap = t.registry.routes(Held::default()).await.unwrap();
         assert_eq!(snap.version, 2);
         assert_eq!(
             snap.entries
@@ -107,9 +118,9 @@ both_backends!(
             "  quotas: {requestsPerSecond: 50}\n  residency:",
         );
         t.apply(&with_quota).await.unwrap();
-        let v = t.registry.routes().await.unwrap().version;
+        let v = t.registry.routes(Held::default()).await.unwrap().version;
         t.apply(&with_quota).await.unwrap();
-        assert_eq!(t.registry.routes().await.unwrap().version, v);
+        assert_eq!(t.registry.routes(Held::default()).await.unwrap().version, v);
         assert_eq!(
             t.registry
                 .route(&tid("globex"), &Env::prod())
@@ -139,7 +150,17 @@ both_backends!(
             .await
             .unwrap();
         assert!(t.registry.route(&tid("acme"), &Env::prod()).await.is_err());
-        let watch = t.registry.watch_routes(v, Duration::ZERO).await.unwrap();
+        let watch = t
+            .registry
+            .watch_routes(
+                Held {
+                    version: v,
+                    epoch: None,
+                },
+                Duration::ZERO,
+            )
+            .await
+            .unwrap();
         assert!(
             watch
                 .changes
@@ -165,11 +186,17 @@ both_backends!(
         t.apply(&tenant_doc("acme", "mt-standard", "{jurisdiction: eu}"))
             .await
             .unwrap();
-        let v = t.registry.routes().await.unwrap().version;
+        let v = t.registry.routes(Held::default()).await.unwrap().version;
 
         let idle = t
             .registry
-            .watch_routes(v, Duration::from_millis(200))
+            .watch_routes(
+                Held {
+                    version: v,
+                    epoch: None,
+                },
+                Duration::from_millis(200),
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -188,7 +215,13 @@ both_backends!(
         let started = Instant::now();
         let woke = t
             .registry
-            .watch_routes(v, Duration::from_secs(30))
+            .watch_routes(
+                Held {
+                    version: v,
+                    epoch: None,
+                },
+                Duration::from_secs(30),
+            )
             .await
             .unwrap();
         assert!(
@@ -205,8 +238,110 @@ both_backends!(
         // A watcher older than the log gets a snapshot to start over from.
         let mut raw = t.raw().await;
         raw.execute("DELETE FROM route_changes").await.unwrap();
-        let behind = t.registry.watch_routes(0, Duration::ZERO).await.unwrap();
+        let behind = t
+            .registry
+            .watch_routes(
+                Held {
+                    version: 0,
+                    epoch: None,
+                },
+                Duration::ZERO,
+            )
+            .await
+            .unwrap();
         let snapshot = behind.snapshot.unwrap();
         assert_eq!((snapshot.version, snapshot.entries.len()), (v + 1, 1));
+    }
+);
+
+both_backends!(
+    a_watcher_ahead_of_the_head_or_of_another_epoch_gets_a_snapshot_of_a_new_epoch,
+    |backend| {
+        let t = TestRegistry::new(backend).await;
+        t.apply(FLEET).await.unwrap();
+        t.apply(&tenant_doc("acme", "mt-standard", "{jurisdiction: eu}"))
+            .await
+            .unwrap();
+        let table = t.registry.routes(Held::default()).await.unwrap();
+        let (v, epoch) = (table.version, table.epoch.clone());
+        assert!(!epoch.is_empty());
+        fn held(version: i64, epoch: &str) -> Held<'_> {
+            Held {
+                version,
+                epoch: Some(epoch),
+            }
+        }
+
+        // Up to date in the current epoch: a watch waits and answers in that epoch.
+        let idle = t
+            .registry
+            .watch_routes(held(v, &epoch), Duration::from_millis(100))
+            .await
+            .unwrap();
+        assert_eq!((idle.version, idle.epoch.as_str()), (v, epoch.as_str()));
+        assert!(idle.snapshot.is_none() && idle.changes.is_empty());
+
+        // A router holding a version this registry never reached (it was restored from an older
+        // copy): no wait, no echo of the version, but a snapshot of a new epoch — audited.
+        let started = Instant::now();
+        let ahead = t
+            .registry
+            .watch_routes(held(v + 40, &epoch), Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "answered at once"
+        );
+        let snapshot = ahead.snapshot.expect("a snapshot");
+        assert_eq!((ahead.version, snapshot.version), (v, v));
+        assert_ne!(snapshot.epoch, epoch);
+        assert_eq!(ahead.epoch, snapshot.epoch);
+        let audit = t.registry.audit(Some("routes"), 10).await.unwrap();
+        let last = audit.last().expect("routes.epoch audited");
+        assert_eq!(last.action, "routes.epoch");
+        assert_eq!(last.payload["previous"], epoch.as_str());
+        assert!(
+            last.payload["reason"]
+                .as_str()
+                .unwrap()
+                .contains("ahead of the head"),
+            "{}",
+            last.payload
+        );
+
+        // A second router of the old epoch, behind or level with the head, also starts over
+        // (its history after the copy is not this one); the epoch does not move again.
+        let new_epoch = snapshot.epoch;
+        for since in [v - 1, v] {
+            let other = t
+                .registry
+                .watch_routes(held(since, &epoch), Duration::ZERO)
+                .await
+                .unwrap();
+            assert_eq!(
+                other.snapshot.map(|s| s.epoch),
+                Some(new_epoch.clone()),
+                "since {since}"
+            );
+        }
+        // The snapshot endpoint does the same for a client ahead in the current epoch.
+        let again = t.registry.routes(held(v + 1, &new_epoch)).await.unwrap();
+        assert_ne!(again.epoch, new_epoch);
+        // A client of the new epoch gets changes again, in that epoch.
+        t.registry
+            .transition(&caller(), &tid("acme"), Transition::Suspend, None)
+            .await
+            .unwrap();
+        let next = t
+            .registry
+            .watch_routes(held(v, &again.epoch), Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(next.snapshot.is_none());
+        assert_eq!(
+            (next.changes.len(), next.epoch.as_str()),
+            (1, again.epoch.as_str())
+        );
     }
 );

@@ -33,6 +33,7 @@ fn main() {
         })
         .collect();
     let table = RoutingTable::from_snapshot(&RoutesSnapshot {
+        epoch: String::new(),
         version: 1,
         entries: entries.clone(),
     })

@@ -46,6 +46,14 @@ pub enum RoutingError {
     Duplicate { tenant: String, env: String },
     #[error("change {version} is not after the table's version {have}")]
     OutOfOrder { version: i64, have: i64 },
+    #[error(
+        "a snapshot at version {version} of epoch {epoch} is older than the table's {have} of the same epoch (a lagging replica?)"
+    )]
+    Behind {
+        version: i64,
+        have: i64,
+        epoch: String,
+    },
 }
 
 /// One tenant's routes by environment name.
@@ -55,6 +63,8 @@ type Envs = Vec<(Box<str>, Route)>;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RoutingTable {
     version: i64,
+    /// The history `version` belongs to (empty: none known, e.g. a cache from before epochs).
+    epoch: String,
     /// tenant → its environments (almost always one, so a short vector beats a second map).
     /// Hashed with foldhash (randomly seeded per table): keys come from the control plane, and
     /// SipHash alone costs about as much as the rest of a lookup.
@@ -70,6 +80,11 @@ impl RoutingTable {
 
     pub fn version(&self) -> i64 {
         self.version
+    }
+
+    /// The epoch of the control plane's history this table follows (empty: unknown).
+    pub fn epoch(&self) -> &str {
+        &self.epoch
     }
 
     /// Number of `(tenant, env)` routes.
@@ -95,6 +110,7 @@ impl RoutingTable {
     pub fn from_snapshot(snapshot: &RoutesSnapshot) -> Result<Self, RoutingError> {
         let mut table = RoutingTable {
             version: snapshot.version,
+            epoch: snapshot.epoch.clone(),
             ..RoutingTable::default()
         };
         for e in &snapshot.entries {
@@ -109,6 +125,39 @@ impl RoutingTable {
             table.len += 1;
         }
         Ok(table)
+    }
+
+    /// The table a snapshot makes of this one. A snapshot of another epoch (a history that is
+    /// not this table's, e.g. a registry restored from an older copy) replaces the table whatever
+    /// it holds; within one epoch, a snapshot behind the table or one that takes a route back a
+    /// generation is refused.
+    pub fn replaced_by(&self, snapshot: &RoutesSnapshot) -> Result<Self, RoutingError> {
+        let next = RoutingTable::from_snapshot(snapshot)?;
+        if self.epoch.is_empty() || next.epoch != self.epoch {
+            return Ok(next);
+        }
+        if next.version < self.version {
+            return Err(RoutingError::Behind {
+                version: next.version,
+                have: self.version,
+                epoch: next.epoch,
+            });
+        }
+        for (tenant, envs) in &next.tenants {
+            for (env, route) in envs {
+                if let Some(have) = self.lookup(tenant, env)
+                    && route.generation < have.generation
+                {
+                    return Err(RoutingError::OlderGeneration {
+                        tenant: tenant.to_string(),
+                        env: env.to_string(),
+                        got: route.generation.0,
+                        have: have.generation.0,
+                    });
+                }
+            }
+        }
+        Ok(next)
     }
 
     /// The table after `changes` (in version order), as a new value; `self` is untouched.
@@ -158,6 +207,12 @@ impl RoutingTable {
         Ok(next)
     }
 
+    /// This table, marked as following `epoch` (for a table that did not know its epoch).
+    pub fn with_epoch(mut self, epoch: &str) -> Self {
+        epoch.clone_into(&mut self.epoch);
+        self
+    }
+
     /// Every route, in no particular order.
     pub fn routes(&self) -> impl Iterator<Item = &Route> {
         self.tenants
@@ -188,6 +243,7 @@ impl RoutingTable {
         RoutesSnapshot {
             version: self.version,
             entries,
+            epoch: self.epoch.clone(),
         }
     }
 }
@@ -228,6 +284,7 @@ mod tests {
 
     fn table() -> RoutingTable {
         RoutingTable::from_snapshot(&RoutesSnapshot {
+            epoch: String::new(),
             version: 5,
             entries: vec![
                 entry("acme", "prod", "a", 1, RouteState::Active),
@@ -236,6 +293,54 @@ mod tests {
             ],
         })
         .unwrap()
+    }
+
+    fn snapshot(epoch: &str, version: i64, generation: i64) -> RoutesSnapshot {
+        RoutesSnapshot {
+            epoch: epoch.to_owned(),
+            version,
+            entries: vec![entry("acme", "prod", "a", generation, RouteState::Active)],
+        }
+    }
+
+    #[test]
+    fn a_snapshot_of_another_epoch_replaces_the_table_and_one_of_the_same_may_not_go_back() {
+        let held = RoutingTable::from_snapshot(&snapshot("e1", 9, 4)).unwrap();
+        // Same epoch: behind the table, or a route a generation back, is refused.
+        assert!(matches!(
+            held.replaced_by(&snapshot("e1", 8, 4)),
+            Err(RoutingError::Behind {
+                version: 8,
+                have: 9,
+                ..
+            })
+        ));
+        assert!(matches!(
+            held.replaced_by(&snapshot("e1", 10, 3)),
+            Err(RoutingError::OlderGeneration {
+                got: 3,
+                have: 4,
+                ..
+            })
+        ));
+        let newer = held.replaced_by(&snapshot("e1", 10, 5)).unwrap();
+        assert_eq!((newer.version(), newer.epoch()), (10, "e1"));
+        // Another epoch (the registry was restored from an older copy): taken as it is.
+        let restored = held.replaced_by(&snapshot("e2", 5, 2)).unwrap();
+        assert_eq!((restored.version(), restored.epoch()), (5, "e2"));
+        assert_eq!(
+            restored.lookup("acme", "prod").unwrap().generation,
+            Generation(2)
+        );
+        // A table that knows no epoch (a cache from before epochs) takes any snapshot.
+        let unknown = table();
+        assert_eq!(
+            unknown
+                .replaced_by(&snapshot("e1", 1, 1))
+                .unwrap()
+                .version(),
+            1
+        );
     }
 
     #[test]
@@ -319,6 +424,7 @@ mod tests {
         );
         assert!(t.lookup("acme", "staging").is_some());
         let dup = RoutesSnapshot {
+            epoch: String::new(),
             version: 1,
             entries: vec![
                 entry("a", "prod", "x", 1, RouteState::Active),

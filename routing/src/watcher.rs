@@ -51,6 +51,8 @@ pub struct SyncStatus {
     last_success_ms: AtomicI64,
     failures: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// Snapshots taken because the control plane's epoch was not the table's.
+    epoch_changes: AtomicU64,
 }
 
 impl SyncStatus {
@@ -70,6 +72,12 @@ impl SyncStatus {
     /// Unix milliseconds of the last time the table was known current (0: never).
     pub fn last_success_ms(&self) -> i64 {
         self.last_success_ms.load(Ordering::Relaxed)
+    }
+
+    /// How often the table was replaced by a snapshot of another epoch (a registry restored
+    /// from an older copy, or a control-plane restart).
+    pub fn epoch_changes(&self) -> u64 {
+        self.epoch_changes.load(Ordering::Relaxed)
     }
 
     /// Failed exchanges since start.
@@ -198,16 +206,43 @@ impl RouteWatcher {
         (self.on_update)(&table);
     }
 
-    async fn resnapshot(&self) -> Result<(), String> {
-        let snapshot: RoutesSnapshot = self.get("/v1/routes", &[]).await?;
-        let table = RoutingTable::from_snapshot(&snapshot).map_err(|e| e.to_string())?;
+    /// What the table holds, for the control plane: its version and epoch (when it knows one).
+    fn held(&self) -> Vec<(&'static str, String)> {
+        let table = self.table.load();
+        let mut query = vec![("since", table.version().to_string())];
+        if !table.epoch().is_empty() {
+            query.push(("epoch", table.epoch().to_owned()));
+        }
+        query
+    }
+
+    /// Publishes the table `snapshot` makes of the current one ([`RoutingTable::replaced_by`]).
+    fn take_snapshot(&self, snapshot: &RoutesSnapshot) -> Result<(), String> {
+        let current = self.table.load();
+        let table = current.replaced_by(snapshot).map_err(|e| e.to_string())?;
+        if !current.epoch().is_empty() && current.epoch() != table.epoch() {
+            self.status.epoch_changes.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                from = current.epoch(),
+                to = table.epoch(),
+                version = table.version(),
+                had = current.version(),
+                "the control plane's routing history changed (new epoch): took its snapshot"
+            );
+        }
         tracing::info!(
             version = table.version(),
+            epoch = table.epoch(),
             routes = table.len(),
             "routing snapshot"
         );
         self.publish(table);
         Ok(())
+    }
+
+    async fn resnapshot(&self) -> Result<(), String> {
+        let snapshot: RoutesSnapshot = self.get("/v1/routes", &self.held()).await?;
+        self.take_snapshot(&snapshot)
     }
 
     /// One sync step: a snapshot when the table has none yet (or must start over), else one
@@ -216,22 +251,28 @@ impl RouteWatcher {
         if fresh {
             return self.resnapshot().await;
         }
-        let since = self.table.load().version();
         let wait = format!("{}ms", self.config.poll.as_millis());
-        let mut query = vec![("since", since.to_string()), ("timeout", wait)];
+        let mut query = self.held();
+        query.push(("timeout", wait));
         if let Some(id) = &self.config.router_id {
             query.push(("router", id.clone()));
         }
         let watch: RoutesWatch = self.get("/v1/routes/watch", &query).await?;
         if let Some(snapshot) = watch.snapshot {
-            let table = RoutingTable::from_snapshot(&snapshot).map_err(|e| e.to_string())?;
-            self.publish(table);
+            self.take_snapshot(&snapshot)?;
         } else if !watch.changes.is_empty() {
-            let next = self
-                .table
-                .load()
-                .apply(&watch.changes)
-                .map_err(|e| e.to_string())?;
+            let current = self.table.load();
+            if !current.epoch().is_empty() && watch.epoch != current.epoch() {
+                return Err(format!(
+                    "changes of epoch {:?} for a table of epoch {:?}: starting over from a snapshot",
+                    watch.epoch,
+                    current.epoch()
+                ));
+            }
+            let mut next = current.apply(&watch.changes).map_err(|e| e.to_string())?;
+            if current.epoch().is_empty() {
+                next = next.with_epoch(&watch.epoch);
+            }
             tracing::debug!(
                 version = next.version(),
                 changes = watch.changes.len(),

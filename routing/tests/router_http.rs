@@ -27,7 +27,12 @@ fn entry(tenant: &str, cell: &str, state: RouteState, rps: Option<u32>, gen_: i6
 }
 
 fn table(version: i64, entries: Vec<RouteEntry>) -> RoutingTable {
-    RoutingTable::from_snapshot(&RoutesSnapshot { version, entries }).unwrap()
+    RoutingTable::from_snapshot(&RoutesSnapshot {
+        version,
+        entries,
+        epoch: String::new(),
+    })
+    .unwrap()
 }
 
 fn fleet() -> RoutingTable {

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use super::extract::{ApiQuery, Auth};
 use super::{ApiError, AppState, long_poll_wait, parse_id};
 use crate::auth::Action;
+use crate::service::Held;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -18,6 +19,10 @@ pub struct WatchQuery {
     /// How long to wait for a change, e.g. `30s` (default 30s, at most 60s).
     #[param(pattern = "^[0-9]{1,9}(ms|s|m|h)$")]
     pub timeout: Option<String>,
+    /// The epoch of the table the client holds (the `epoch` of the answer it built it from): a
+    /// client of another epoch gets a snapshot.
+    #[param(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    pub epoch: Option<String>,
     /// The router's stable id: `since` is then its acknowledgement of the table it serves, which
     /// tenant moves wait for (`cellfleet router list`).
     #[param(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
@@ -31,15 +36,47 @@ pub struct EnvQuery {
     pub env: Option<cellfleet_api::Env>,
 }
 
-/// The whole routing table `{version, entries}`.
-#[utoipa::path(get, path = "/v1/routes", tag = "routes", security(("bearer" = [])),
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SnapshotQuery {
+    /// The table version the client holds, if any: one ahead of the head (in the current epoch)
+    /// starts a new epoch.
+    pub since: Option<i64>,
+    /// The epoch of the table the client holds.
+    #[param(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    pub epoch: Option<String>,
+}
+
+/// What the client holds, its epoch checked.
+fn held(since: Option<i64>, epoch: Option<&str>) -> Result<Held<'_>, ApiError> {
+    if let Some(e) = epoch
+        && (e.is_empty()
+            || e.len() > 64
+            || !e
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "invalid epoch {e:?}: 1–64 of [A-Za-z0-9_-]"
+        )));
+    }
+    Ok(Held {
+        version: since.unwrap_or(0),
+        epoch,
+    })
+}
+
+/// The whole routing table `{version, entries, epoch}`.
+#[utoipa::path(get, path = "/v1/routes", tag = "routes", security(("bearer" = [])), params(SnapshotQuery),
     responses((status = 200, body = RoutesSnapshot)))]
 pub async fn snapshot(
     State(state): State<AppState>,
     auth: Auth,
+    ApiQuery(q): ApiQuery<SnapshotQuery>,
 ) -> Result<Json<RoutesSnapshot>, ApiError> {
     auth.require(Action::ReadRoutes)?;
-    Ok(Json(state.registry.routes().await?))
+    let held = held(q.since, q.epoch.as_deref())?;
+    Ok(Json(state.registry.routes(held).await?))
 }
 
 /// Long-poll for the changes after `since` (or a snapshot when `since` is too old).
@@ -60,7 +97,7 @@ pub async fn watch(
     }
     let answer = state
         .registry
-        .watch_routes(q.since.unwrap_or(0), wait)
+        .watch_routes(held(q.since, q.epoch.as_deref())?, wait)
         .await?;
     auth.still_live(&state).await?;
     // Seen again as the long-poll ends: a router waiting on its watch is not silent.

@@ -29,6 +29,7 @@ use crate::placement::Policy;
 use crate::store::{self, Store, StoreError};
 
 pub use agents::MAX_WAIT;
+pub use routes::Held;
 pub use tokens::Bootstrap;
 pub(crate) use tokens::write_secret_file;
 

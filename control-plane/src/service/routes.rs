@@ -102,14 +102,60 @@ pub(super) async fn refresh(
     Ok(())
 }
 
+/// A fresh epoch id.
+fn fresh_epoch() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..16].to_owned()
+}
+
+/// What a client says it holds: the table version, and the epoch it belongs to (none from
+/// clients older than epochs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Held<'a> {
+    pub version: i64,
+    pub epoch: Option<&'a str>,
+}
+
 impl Registry {
-    /// The whole routing table, from one snapshot.
-    pub async fn routes(&self) -> Result<RoutesSnapshot> {
+    /// The whole routing table, from one snapshot. A client that holds a version ahead of the
+    /// head, in the current epoch, starts a new epoch first (the registry's history went back).
+    pub async fn routes(&self, held: Held<'_>) -> Result<RoutesSnapshot> {
         let mut snapshot = self.store.read_snapshot().await?;
-        Ok(RoutesSnapshot {
-            version: store::routing_version(&mut snapshot).await?,
-            entries: store::all_routes(&mut snapshot).await?,
-        })
+        let head = store::routing_version(&mut snapshot).await?;
+        let epoch = store::routing_epoch(&mut snapshot).await?;
+        if held.version > head && held.epoch.is_none_or(|e| e == epoch) {
+            drop(snapshot);
+            self.new_routing_epoch(Some(&epoch), held.version, head)
+                .await?;
+            snapshot = self.store.read_snapshot().await?;
+        }
+        read_routes(&mut snapshot).await
+    }
+
+    /// Starts a new routing epoch (replacing `old`, unless another replica already did): every
+    /// watcher then takes a snapshot. Done at start-up, and when a watcher holds `held`, ahead of
+    /// the `head`.
+    pub async fn new_routing_epoch(&self, old: Option<&str>, held: i64, head: i64) -> Result<()> {
+        let caller = store::Caller::system("routing");
+        let mut tx = self.store.begin(&caller).await?;
+        let new = fresh_epoch();
+        if store::rotate_routing_epoch(tx.conn(), old, &new).await? {
+            let why = if held > head {
+                format!(
+                    "a watcher holds version {held}, ahead of the head {head}: was the registry restored from an older copy?"
+                )
+            } else {
+                "the control plane started".to_owned()
+            };
+            if held > head {
+                tracing::warn!(epoch = %new, held, head, "new routing epoch: {why}");
+            }
+            tx.audit(
+                "routes.epoch",
+                "routes",
+                serde_json::json!({"epoch": new, "previous": old, "reason": why}),
+            );
+        }
+        self.commit(tx).await
     }
 
     pub async fn route(&self, tenant: &TenantId, env: &Env) -> Result<RouteEntry> {
@@ -121,29 +167,44 @@ impl Registry {
 
     /// Long-poll: the changes after `since` as soon as there are any (or a snapshot when `since`
     /// is older than the change log), else an empty answer when `wait` runs out.
-    pub async fn watch_routes(&self, since: i64, wait: Duration) -> Result<RoutesWatch> {
+    ///
+    /// A client of another epoch, or ahead of the head, gets a snapshot at once (see
+    /// [`Registry::routes`]); it never waits on a version this history does not have.
+    pub async fn watch_routes(&self, held: Held<'_>, wait: Duration) -> Result<RoutesWatch> {
         let deadline = tokio::time::Instant::now() + wait.min(self.settings.max_wait);
         let mut changes = self.changes.subscribe();
+        let since = held.version;
         loop {
             changes.borrow_and_update();
             let mut snapshot = self.store.read_snapshot().await?;
             let head = store::routing_version(&mut snapshot).await?;
+            let epoch = store::routing_epoch(&mut snapshot).await?;
+            if since > head || held.epoch.is_some_and(|e| e != epoch) {
+                drop(snapshot);
+                let table = self.routes(held).await?;
+                return Ok(RoutesWatch {
+                    version: table.version,
+                    changes: Vec::new(),
+                    epoch: table.epoch.clone(),
+                    snapshot: Some(table),
+                });
+            }
             match store::route_changes_since(&mut snapshot, since).await? {
                 None => {
+                    let table = read_routes(&mut snapshot).await?;
                     return Ok(RoutesWatch {
                         version: head,
                         changes: Vec::new(),
-                        snapshot: Some(RoutesSnapshot {
-                            version: head,
-                            entries: store::all_routes(&mut snapshot).await?,
-                        }),
+                        epoch: table.epoch.clone(),
+                        snapshot: Some(table),
                     });
                 }
                 Some(list) if !list.is_empty() || tokio::time::Instant::now() >= deadline => {
                     return Ok(RoutesWatch {
-                        version: list.last().map_or(head.max(since), |c| c.version),
+                        version: list.last().map_or(head, |c| c.version),
                         changes: list,
                         snapshot: None,
+                        epoch,
                     });
                 }
                 Some(_) => {}
@@ -153,4 +214,13 @@ impl Registry {
             let _ = tokio::time::timeout(nap, changes.changed()).await;
         }
     }
+}
+
+/// The table, its version and epoch, from one read snapshot.
+async fn read_routes(conn: &mut AnyConnection) -> Result<RoutesSnapshot> {
+    Ok(RoutesSnapshot {
+        version: store::routing_version(conn).await?,
+        entries: store::all_routes(conn).await?,
+        epoch: store::routing_epoch(conn).await?,
+    })
 }

@@ -17,6 +17,37 @@ pub async fn routing_version(conn: &mut AnyConnection) -> Result<i64> {
         .try_get("version")?)
 }
 
+/// The routing table's epoch (see migration 0009).
+pub async fn routing_epoch(conn: &mut AnyConnection) -> Result<String> {
+    Ok(sqlx::query("SELECT epoch FROM routing_head WHERE id = 1")
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get("epoch")?)
+}
+
+/// Replaces the epoch with `new`, if it still is `old` (`None`: whatever it is); whether it did.
+pub async fn rotate_routing_epoch(
+    conn: &mut AnyConnection,
+    old: Option<&str>,
+    new: &str,
+) -> Result<bool> {
+    let done = match old {
+        Some(old) => {
+            conn.execute(
+                sqlx::query("UPDATE routing_head SET epoch = $1 WHERE id = 1 AND epoch = $2")
+                    .bind(new)
+                    .bind(old),
+            )
+            .await?
+        }
+        None => {
+            conn.execute(sqlx::query("UPDATE routing_head SET epoch = $1 WHERE id = 1").bind(new))
+                .await?
+        }
+    };
+    Ok(done.rows_affected() == 1)
+}
+
 pub async fn set_routing_version(conn: &mut AnyConnection, version: i64) -> Result<()> {
     conn.execute(sqlx::query("UPDATE routing_head SET version = $1 WHERE id = 1").bind(version))
         .await?;

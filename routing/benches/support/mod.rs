@@ -177,6 +177,7 @@ pub fn table_of(tenants: usize, route: impl Fn(usize) -> (String, String, String
         })
         .collect();
     RoutingTable::from_snapshot(&RoutesSnapshot {
+        epoch: String::new(),
         version: 1,
         entries,
     })

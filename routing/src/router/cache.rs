@@ -150,6 +150,7 @@ mod tests {
 
     fn table(version: i64) -> RoutingTable {
         RoutingTable::from_snapshot(&RoutesSnapshot {
+            epoch: String::new(),
             version,
             entries: vec![RouteEntry {
                 tenant: "acme".parse().unwrap(),

@@ -60,6 +60,8 @@ pub struct TableGauges {
     /// `None`: never known current.
     pub staleness: Option<Duration>,
     pub sync_failures: u64,
+    /// Snapshots taken because the control plane's routing epoch changed.
+    pub epoch_changes: u64,
     pub from_cache: bool,
     pub quota_tenants: usize,
 }
@@ -74,6 +76,7 @@ pub struct RouterMetrics {
     connected: Gauge,
     staleness: Gauge<f64, std::sync::atomic::AtomicU64>,
     sync_failures: Gauge,
+    epoch_changes: Gauge,
     from_cache: Gauge,
     quota_tenants: Gauge,
     cache_write_failures: Counter,
@@ -122,6 +125,10 @@ impl Default for RouterMetrics {
                 "Failed exchanges with the control plane since start",
             ),
             (
+                "epoch_changes",
+                "Snapshots taken since start because the control plane's routing epoch changed (it restarted, or its registry was restored from an older copy)",
+            ),
+            (
                 "serving_cache",
                 "1 while serving the table restored from disk (no answer from the control plane yet)",
             ),
@@ -132,6 +139,7 @@ impl Default for RouterMetrics {
             routes,
             connected,
             sync_failures,
+            epoch_changes,
             from_cache,
             quota_tenants,
         ] = gauges.map(|(name, help)| {
@@ -167,6 +175,7 @@ impl Default for RouterMetrics {
             connected,
             staleness,
             sync_failures,
+            epoch_changes,
             from_cache,
             quota_tenants,
             cache_write_failures,
@@ -208,6 +217,8 @@ impl RouterMetrics {
             .set(t.staleness.map_or(-1.0, |s| s.as_secs_f64()));
         self.sync_failures
             .set(i64::try_from(t.sync_failures).unwrap_or(i64::MAX));
+        self.epoch_changes
+            .set(i64::try_from(t.epoch_changes).unwrap_or(i64::MAX));
         self.from_cache.set(i64::from(t.from_cache));
         self.quota_tenants
             .set(i64::try_from(t.quota_tenants).unwrap_or(i64::MAX));

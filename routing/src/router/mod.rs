@@ -207,6 +207,7 @@ impl RouterState {
             connected: self.inner.status.connected(),
             staleness: self.inner.status.staleness(unix_ms()),
             sync_failures: self.inner.status.failures(),
+            epoch_changes: self.inner.status.epoch_changes(),
             from_cache: self.inner.serving_cache.load(Ordering::Relaxed),
             quota_tenants: self.inner.quotas.len(),
         }
@@ -526,6 +527,10 @@ async fn envoy_authz(State(state): State<RouterState>, request: Request) -> Resp
 struct Health {
     status: &'static str,
     version: i64,
+    /// The control plane's routing history the table follows (see `RoutesWatch::epoch`).
+    epoch: String,
+    /// Snapshots taken since start because that epoch changed.
+    epoch_changes: u64,
     routes: usize,
     connected: bool,
     /// Seconds the table may have been out of date; `None` if it never was current.
@@ -548,6 +553,8 @@ async fn healthz(State(state): State<RouterState>) -> Response {
     let body = Health {
         status,
         version: g.version,
+        epoch: state.inner.table.load().epoch().to_owned(),
+        epoch_changes: g.epoch_changes,
         routes: g.routes,
         connected: g.connected,
         staleness_seconds: g.staleness.map(|s| s.as_secs_f64()),

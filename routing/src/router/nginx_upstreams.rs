@@ -163,6 +163,7 @@ mod tests {
 
     fn table(entries: &[(&str, &str, Option<&str>)]) -> RoutingTable {
         RoutingTable::from_snapshot(&RoutesSnapshot {
+            epoch: String::new(),
             version: 3,
             entries: entries
                 .iter()

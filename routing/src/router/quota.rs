@@ -131,6 +131,7 @@ mod tests {
         q.check("acme", "prod", 5).ok();
         q.check("gone", "prod", 5).ok();
         let table = RoutingTable::from_snapshot(&cellfleet_api::RoutesSnapshot {
+            epoch: String::new(),
             version: 1,
             entries: vec![cellfleet_api::RouteEntry {
                 tenant: "acme".parse().unwrap(),
