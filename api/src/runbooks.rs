@@ -427,6 +427,20 @@ pub struct CellLifecycleRequest {
     pub reason: Option<String>,
 }
 
+/// The answer to `cell resync`: the cell's desired generation moved past its agent's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CellResync {
+    pub cell: CellName,
+    /// The desired generation before.
+    pub from: i64,
+    /// The desired generation now: one past what the agent runs, so it takes the registry's
+    /// state as newer.
+    pub to: i64,
+    /// The generation the agent reported running (from its ledger).
+    pub agent: i64,
+}
+
 /// The answer to a cell lifecycle command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

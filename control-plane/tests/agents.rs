@@ -529,3 +529,64 @@ both_backends!(
         );
     }
 );
+
+both_backends!(
+    an_agent_ahead_of_a_restored_registry_is_flagged_and_resync_moves_the_cell_past_it,
+    |backend| {
+        let t = TestRegistry::new(backend).await;
+        t.apply(FLEET).await.unwrap();
+        let c = caller();
+        let euw1 = cell("euw1-pool-1");
+        let desired = generation(&t, "euw1-pool-1").await;
+        // Nothing to resync while the agent is level with the registry (or silent).
+        let err = t.registry.resync_cell(&c, &euw1).await.unwrap_err();
+        assert!(matches!(err, Error::Conflict(_)), "{err}");
+        assert!(err.to_string().contains("none yet"), "{err}");
+        // The registry came back from an older copy: the agent's ledger is 4 generations ahead.
+        let ahead = desired + 4;
+        t.registry
+            .report(
+                &c,
+                &euw1,
+                AgentReport {
+                    observed_generation: ahead,
+                    ..AgentReport::default()
+                },
+            )
+            .await
+            .unwrap();
+        let view = t.registry.cell(&euw1).await.unwrap();
+        assert!(
+            view.errors
+                .iter()
+                .any(|e| e.contains("ahead of the desired") && e.contains("restored")),
+            "{:?}",
+            view.errors
+        );
+        let done = t.registry.resync_cell(&c, &euw1).await.unwrap();
+        assert_eq!(
+            (done.from, done.to, done.agent),
+            (desired, ahead + 1, ahead)
+        );
+        // A waiting agent sees the new generation with the registry's content.
+        let state = t
+            .registry
+            .wait_desired(&euw1, ahead, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(state.generation, ahead + 1);
+        let audit = t.registry.audit(Some("cell/euw1-pool-1"), 5).await.unwrap();
+        assert!(audit.iter().any(|r| r.action == "cell.resync"
+            && r.payload["to"] == ahead + 1
+            && r.payload["agent"] == ahead));
+        // Once past the agent, a second resync has nothing to do; an unknown cell is named.
+        assert!(matches!(
+            t.registry.resync_cell(&c, &euw1).await,
+            Err(Error::Conflict(_))
+        ));
+        assert!(matches!(
+            t.registry.resync_cell(&c, &cell("nope")).await,
+            Err(Error::NotFound { .. })
+        ));
+    }
+);

@@ -307,6 +307,7 @@ fn routes() -> Vec<(&'static str, &'static str, Option<Value>, &'static [Role])>
         ("POST", "/v1/cells/use1-pool-1/drain", None, &[Admin, Sre]),
         ("POST", "/v1/cells/use1-pool-1/undrain", None, &[Admin, Sre]),
         ("POST", "/v1/cells/use1-pool-1/retire", None, &[Admin, Sre]),
+        ("POST", "/v1/cells/use1-pool-1/resync", None, &[Admin, Sre]),
         ("GET", "/v1/agent/moves/mv_unknown/position", None, &[Agent]),
         ("GET", "/v1/agent/moves/mv_unknown/chunks", None, &[Agent]),
         (

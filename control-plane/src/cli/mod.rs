@@ -283,6 +283,11 @@ pub enum CellCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// After restoring the registry from an older copy: move the cell's desired generation past
+    /// its agent's (which refuses to go back), so the agent takes the registry's state.
+    Resync {
+        name: CellName,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -480,6 +485,9 @@ async fn operate(client: &Client, format: Format, command: Command) -> anyhow::R
         }
         Command::Cell(CellCommand::Retire { name, reason }) => {
             runbooks::lifecycle(client, format, "retire", &name, reason).await?
+        }
+        Command::Cell(CellCommand::Resync { name }) => {
+            runbooks::resync(client, format, &name).await?
         }
         Command::Cell(CellCommand::List) => show(
             format,

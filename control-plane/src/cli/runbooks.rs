@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use anyhow::bail;
 use cellfleet_api::{
-    AbortRunRequest, CellLifecycle, CellLifecycleRequest, CellName, EventView, PlannedStep,
-    RunPhase, RunStarted, RunView, RunbookSummary, RunbookView, StartRunRequest, StepRun,
-    StepStatus,
+    AbortRunRequest, CellLifecycle, CellLifecycleRequest, CellName, CellResync, EventView,
+    PlannedStep, RunPhase, RunStarted, RunView, RunbookSummary, RunbookView, StartRunRequest,
+    StepRun, StepStatus,
 };
 use clap::Subcommand;
 
@@ -186,6 +186,18 @@ pub async fn lifecycle(
         format!(
             "cell {}: {} → {} ({} tenant environment(s) on it)\n",
             d.cell, d.from, d.to, d.tenants
+        )
+    })
+}
+
+pub async fn resync(client: &Client, format: Format, cell: &CellName) -> anyhow::Result<()> {
+    let done: CellResync = client
+        .post(&format!("/v1/cells/{cell}/resync"), &serde_json::json!({}))
+        .await?;
+    show(format, &done, |d| {
+        format!(
+            "cell {}: desired generation {} → {} (its agent runs {}): the agent now takes the registry's state\n",
+            d.cell, d.from, d.to, d.agent
         )
     })
 }

@@ -75,6 +75,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/cells/{name}/drain", post(runbooks::drain))
         .route("/v1/cells/{name}/undrain", post(runbooks::undrain))
         .route("/v1/cells/{name}/retire", post(runbooks::retire))
+        .route("/v1/cells/{name}/resync", post(runbooks::resync))
         .route("/v1/runbooks", get(runbooks::list))
         .route("/v1/runbooks/{name}", get(runbooks::show))
         .route("/v1/runbooks/{name}/runs", post(runbooks::run))
@@ -222,7 +223,7 @@ fn long_poll_wait(timeout: Option<&str>) -> Result<std::time::Duration, ApiError
         trains::flags, trains::set_flag, trains::kill_flag,
         runbooks::list, runbooks::show, runbooks::run, runbooks::runs, runbooks::get_run,
         runbooks::approve, runbooks::abort, runbooks::events,
-        runbooks::drain, runbooks::undrain, runbooks::retire,
+        runbooks::drain, runbooks::undrain, runbooks::retire, runbooks::resync,
         tenants::list, tenants::create, tenants::get, tenants::delete, tenants::suspend,
         tenants::resume, tenants::archive, tenants::explain, tenants::context,
         admin::create_token, admin::list_tokens, admin::revoke_token,

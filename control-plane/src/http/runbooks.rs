@@ -7,8 +7,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use cellfleet_api::{
-    AbortRunRequest, CellLifecycle, CellLifecycleRequest, CellName, ErrorBody, EventView,
-    RunStarted, RunView, RunbookSummary, RunbookView, StartRunRequest,
+    AbortRunRequest, CellLifecycle, CellLifecycleRequest, CellName, CellResync, ErrorBody,
+    EventView, RunStarted, RunView, RunbookSummary, RunbookView, StartRunRequest,
 };
 use serde::Deserialize;
 
@@ -237,4 +237,20 @@ pub async fn retire(
         req.unwrap_or_default(),
     )
     .await
+}
+
+/// For an agent ahead of a registry restored from an older copy: moves the cell's desired
+/// generation one past the agent's, so the agent takes the registry's state as newer.
+#[utoipa::path(post, path = "/v1/cells/{name}/resync", tag = "cells", security(("bearer" = [])),
+    params(("name" = cellfleet_api::CellName, Path, description = "Cell name")),
+    responses((status = 200, body = CellResync), (status = 404, body = ErrorBody),
+        (status = 409, description = "The agent is not ahead of the registry", body = ErrorBody)))]
+pub async fn resync(
+    State(state): State<AppState>,
+    auth: Auth,
+    Path(name): Path<String>,
+) -> Result<Json<CellResync>, ApiError> {
+    let caller = auth.require(Action::ManageInfrastructure)?;
+    let cell: CellName = parse_id("cell name", &name)?;
+    Ok(Json(state.registry.resync_cell(&caller, &cell).await?))
 }

@@ -4,7 +4,7 @@
 //! on it and no move goes through it. `cellfleet cell drain|undrain|retire` and runbooks'
 //! `drain` steps both land here.
 
-use cellfleet_api::{CellLifecycle, CellName, CellState};
+use cellfleet_api::{CellLifecycle, CellName, CellResync, CellState};
 use serde_json::json;
 
 use super::{Error, Registry, Result, not_found};
@@ -53,6 +53,45 @@ impl Registry {
         self.commit(tx).await?;
         self.operations_changed();
         Ok(done)
+    }
+}
+
+impl Registry {
+    /// The operator's way out for an agent whose ledger is ahead of the registry (the registry
+    /// was restored from an older copy): the agent refuses to go back to an older generation, so
+    /// the cell's desired generation moves to one past the agent's, with the registry's content.
+    /// The agent then takes the registry's state as newer and converges to it. Refused when the
+    /// agent is not ahead (nothing to do).
+    pub async fn resync_cell(&self, caller: &Caller, cell: &CellName) -> Result<CellResync> {
+        let mut tx = self.store.begin(caller).await?;
+        let (generation, hash) = store::cell_generation(tx.conn(), cell)
+            .await?
+            .ok_or_else(|| not_found("cell", cell))?;
+        let agent = store::get_report(tx.conn(), cell)
+            .await?
+            .map(|r| r.report.observed_generation);
+        let Some(agent) = agent.filter(|a| *a > generation) else {
+            return Err(Error::Conflict(format!(
+                "the agent of cell {cell} is not ahead of the registry (it runs generation {}, the desired is {generation}): nothing to resync",
+                agent.map_or("none yet".to_owned(), |a| a.to_string())
+            )));
+        };
+        let to = agent + 1;
+        store::set_cell_generation(tx.conn(), cell, to, &hash).await?;
+        tx.audit(
+            "cell.resync",
+            &format!("cell/{cell}"),
+            json!({"from": generation, "to": to, "agent": agent}),
+        );
+        self.commit(tx).await?;
+        // The agent waits for a generation above its own: wake it now.
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+        Ok(CellResync {
+            cell: cell.clone(),
+            from: generation,
+            to,
+            agent,
+        })
     }
 }
 
