@@ -45,7 +45,9 @@ pub async fn list(
 
 /// Moves cells (all when none are named) to the release; returns the cells that changed.
 #[utoipa::path(post, path = "/v1/releases/{version}/deploy", tag = "releases", security(("bearer" = [])),
-    params(("version" = String, Path, description = "Release version")), request_body = DeployRequest,
+    params(("version" = String, Path, description = "Release version (semver)",
+        pattern = r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?(\+[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?$")),
+    request_body = DeployRequest,
     responses((status = 200, body = [String]), (status = 404, body = ErrorBody)))]
 pub async fn deploy(
     State(state): State<AppState>,
