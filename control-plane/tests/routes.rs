@@ -282,7 +282,32 @@ both_backends!(
         assert!(idle.snapshot.is_none() && idle.changes.is_empty());
 
         // A router holding a version this registry never reached (it was restored from an older
-        // copy): no wait, no echo of the version, but a snapshot of a new epoch — audited.
+        // copy): no wait, no echo of the version, but a snapshot of a new epoch — audited. Its
+        // version acknowledges nothing of this history (a cut-over must not count on it).
+        let acked = |id: &'static str| {
+            let registry = t.registry.clone();
+            async move {
+                registry
+                    .routers(chrono::TimeDelta::seconds(60))
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .find(|r| r.id == id)
+                    .map(|r| r.acked_version)
+            }
+        };
+        t.registry
+            .router_seen("r-level", held(v, &epoch))
+            .await
+            .unwrap();
+        t.registry
+            .router_seen("r-ahead", held(v + 40, &epoch))
+            .await
+            .unwrap();
+        assert_eq!(
+            (acked("r-level").await, acked("r-ahead").await),
+            (Some(v), Some(0))
+        );
         let started = Instant::now();
         let ahead = t
             .registry
@@ -311,8 +336,14 @@ both_backends!(
         );
 
         // A second router of the old epoch, behind or level with the head, also starts over
-        // (its history after the copy is not this one); the epoch does not move again.
+        // (its history after the copy is not this one), acknowledging nothing meanwhile; the
+        // epoch does not move again.
         let new_epoch = snapshot.epoch;
+        t.registry
+            .router_seen("r-level", held(v, &epoch))
+            .await
+            .unwrap();
+        assert_eq!(acked("r-level").await, Some(0));
         for since in [v - 1, v] {
             let other = t
                 .registry

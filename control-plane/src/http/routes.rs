@@ -89,23 +89,16 @@ pub async fn watch(
 ) -> Result<Json<RoutesWatch>, ApiError> {
     auth.require(Action::ReadRoutes)?;
     let wait = long_poll_wait(q.timeout.as_deref())?;
+    let held = held(q.since, q.epoch.as_deref())?;
     if let Some(router) = &q.router {
-        state
-            .registry
-            .router_seen(router, q.since.unwrap_or(0))
-            .await?;
+        state.registry.router_seen(router, held).await?;
     }
-    let answer = state
-        .registry
-        .watch_routes(held(q.since, q.epoch.as_deref())?, wait)
-        .await?;
+    let answer = state.registry.watch_routes(held, wait).await?;
     auth.still_live(&state).await?;
-    // Seen again as the long-poll ends: a router waiting on its watch is not silent.
+    // Seen again as the long-poll ends: a router waiting on its watch is not silent (and one
+    // whose table this answer replaced acknowledges nothing of this history yet).
     if let Some(router) = &q.router {
-        state
-            .registry
-            .router_seen(router, q.since.unwrap_or(0))
-            .await?;
+        state.registry.router_seen(router, held).await?;
     }
     Ok(Json(answer))
 }

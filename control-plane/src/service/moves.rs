@@ -358,8 +358,11 @@ impl Registry {
             .collect())
     }
 
-    /// A router's watch: it serves table `acked` (its `since`).
-    pub async fn router_seen(&self, id: &str, acked: i64) -> Result<()> {
+    /// A router's watch: it serves the table it `held` (its `since`). A table of another epoch,
+    /// or ahead of the head (a registry restored from an older copy), acknowledges nothing of
+    /// this history: recorded as 0 until the router asks again with the snapshot it gets, so a
+    /// cut-over never takes it for a router that holds its frozen route.
+    pub async fn router_seen(&self, id: &str, held: super::Held<'_>) -> Result<()> {
         if id.is_empty()
             || id.len() > 128
             || !id
@@ -371,7 +374,14 @@ impl Registry {
             )));
         }
         let mut conn = self.store.read().await?;
-        store::touch_router(&mut conn, id, acked.max(0), chrono::Utc::now()).await?;
+        let head = store::routing_version(&mut conn).await?;
+        let epoch = store::routing_epoch(&mut conn).await?;
+        let acked = if held.version > head || held.epoch.is_some_and(|e| e != epoch) {
+            0
+        } else {
+            held.version.max(0)
+        };
+        store::touch_router(&mut conn, id, acked, &epoch, chrono::Utc::now()).await?;
         self.operations_changed();
         Ok(())
     }

@@ -139,6 +139,7 @@ impl Registry {
         let mut tx = self.store.begin(&caller).await?;
         let new = fresh_epoch();
         if store::rotate_routing_epoch(tx.conn(), old, &new).await? {
+            store::reset_router_acks(tx.conn()).await?;
             let why = if held > head {
                 format!(
                     "a watcher holds version {held}, ahead of the head {head}: was the registry restored from an older copy?"

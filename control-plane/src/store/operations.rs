@@ -373,23 +373,35 @@ pub struct RouterRow {
 }
 
 /// Records a router's watch: it serves table `acked` (never moves an acknowledgement back).
+/// Records a router's watch: seen now, and (if the routing epoch still is `epoch`) serving
+/// version `acked` — acknowledgements only grow within an epoch.
 pub async fn touch_router(
     conn: &mut AnyConnection,
     id: &str,
     acked: i64,
+    epoch: &str,
     now: DateTime<Utc>,
 ) -> Result<()> {
     conn.execute(
         sqlx::query(
             "INSERT INTO routers (id, acked_version, last_seen, first_seen) VALUES ($1, $2, $3, $3) \
              ON CONFLICT (id) DO UPDATE SET acked_version = CASE WHEN excluded.acked_version > routers.acked_version \
+             AND $4 = (SELECT epoch FROM routing_head WHERE id = 1) \
              THEN excluded.acked_version ELSE routers.acked_version END, last_seen = excluded.last_seen",
         )
         .bind(id.to_owned())
         .bind(acked)
-        .bind(millis(now)),
+        .bind(millis(now))
+        .bind(epoch.to_owned()),
     )
     .await?;
+    Ok(())
+}
+
+/// A new routing epoch: no router has acknowledged anything of its history yet.
+pub async fn reset_router_acks(conn: &mut AnyConnection) -> Result<()> {
+    conn.execute(sqlx::query("UPDATE routers SET acked_version = 0"))
+        .await?;
     Ok(())
 }
 
