@@ -23,13 +23,7 @@ fn tid(s: &str) -> TenantId {
 async fn replayed(t: &TestRegistry) -> BTreeMap<(String, String), RouteEntry> {
     let watch = t
         .registry
-        .watch_routes(
-            Held {
-                version: 0,
-                epoch: None,
-            },
-            Duration::ZERO,
-        )
+        .watch_routes(Held::at(0), Duration::ZERO)
         .await
         .unwrap();
     let mut table = BTreeMap::new();
@@ -152,13 +146,7 @@ both_backends!(
         assert!(t.registry.route(&tid("acme"), &Env::prod()).await.is_err());
         let watch = t
             .registry
-            .watch_routes(
-                Held {
-                    version: v,
-                    epoch: None,
-                },
-                Duration::ZERO,
-            )
+            .watch_routes(Held::at(v), Duration::ZERO)
             .await
             .unwrap();
         assert!(
@@ -190,13 +178,7 @@ both_backends!(
 
         let idle = t
             .registry
-            .watch_routes(
-                Held {
-                    version: v,
-                    epoch: None,
-                },
-                Duration::from_millis(200),
-            )
+            .watch_routes(Held::at(v), Duration::from_millis(200))
             .await
             .unwrap();
         assert_eq!(
@@ -215,13 +197,7 @@ both_backends!(
         let started = Instant::now();
         let woke = t
             .registry
-            .watch_routes(
-                Held {
-                    version: v,
-                    epoch: None,
-                },
-                Duration::from_secs(30),
-            )
+            .watch_routes(Held::at(v), Duration::from_secs(30))
             .await
             .unwrap();
         assert!(
@@ -240,13 +216,7 @@ both_backends!(
         raw.execute("DELETE FROM route_changes").await.unwrap();
         let behind = t
             .registry
-            .watch_routes(
-                Held {
-                    version: 0,
-                    epoch: None,
-                },
-                Duration::ZERO,
-            )
+            .watch_routes(Held::at(0), Duration::ZERO)
             .await
             .unwrap();
         let snapshot = behind.snapshot.unwrap();

@@ -495,6 +495,23 @@ impl LocalFleet {
             .map(str::to_owned)
     }
 
+    /// A `cellfleet-router` for this fleet on a free port (its own edge token, its cache in the
+    /// fleet's directory), once its table is current.
+    pub fn start_router(&self) -> ServerProcess {
+        let token = self.edge_token_file();
+        let router = start_router(
+            self.url(),
+            &token,
+            &self.dir().join("router-cache"),
+            &format!("127.0.0.1:{}", free_port()),
+            &[],
+        );
+        eventually(Duration::from_secs(30), "the router syncs", || {
+            router_health(&router.url)["status"] == "ok"
+        });
+        router
+    }
+
     /// An `edge` token, written to a file.
     pub fn edge_token_file(&self) -> PathBuf {
         let token = self

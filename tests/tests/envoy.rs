@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use cellfleet_e2e::{
-    EdgeAnswer, EnvoyProcess, LocalFleet, eventually, free_port, quota_enforced, router_health,
-    shipped_envoy_config, start_router, through_edge,
+    EdgeAnswer, EnvoyProcess, LocalFleet, eventually, quota_enforced, shipped_envoy_config,
+    through_edge,
 };
 
 fn through(edge: &str, method: &str, path: &str, tenant: Option<&str>) -> EdgeAnswer {
@@ -22,17 +22,7 @@ async fn envoy_routes_every_tenant_to_its_cell_through_the_router() {
     let globex_cell = fleet.cell_of("globex").unwrap_or_default();
     assert_ne!(acme_cell, globex_cell, "one tenant per cell");
 
-    let token = fleet.edge_token_file();
-    let router = start_router(
-        fleet.url(),
-        &token,
-        &fleet.dir().join("router-cache"),
-        &format!("127.0.0.1:{}", free_port()),
-        &[],
-    );
-    eventually(Duration::from_secs(30), "the router syncs", || {
-        router_health(&router.url)["status"] == "ok"
-    });
+    let router = fleet.start_router();
     let envoy = EnvoyProcess::start(&shipped_envoy_config(&router.url, &fleet.cells));
     let edge = envoy.url.clone();
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cellfleet_e2e::{LocalFleet, eventually, free_port, http_request, start_router};
+use cellfleet_e2e::{LocalFleet, eventually, http_request};
 
 fn promtool() -> PathBuf {
     let path = PathBuf::from("/usr/bin/promtool");
@@ -67,14 +67,7 @@ type Target<'a> = (&'a str, String, Vec<(&'a str, &'a str)>);
 async fn every_metrics_endpoint_passes_promtool_and_negotiates_openmetrics() {
     let fleet = LocalFleet::start(&[("cell-a", 5)]).await;
     fleet.apply_tenants(&[("acme", "")]);
-    let token = fleet.edge_token_file();
-    let router = start_router(
-        fleet.url(),
-        &token,
-        &fleet.dir().join("router-cache"),
-        &format!("127.0.0.1:{}", free_port()),
-        &[],
-    );
+    let router = fleet.start_router();
     eventually(Duration::from_secs(30), "the router serves acme", || {
         http_request(&router.url, "GET", "/route/acme", &[], "").is_ok_and(|(s, _, _)| s == 200)
     });

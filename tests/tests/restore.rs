@@ -6,9 +6,7 @@
 
 use std::time::Duration;
 
-use cellfleet_e2e::{
-    LocalFleet, eventually, free_port, http_get, http_request, router_health, start_router,
-};
+use cellfleet_e2e::{LocalFleet, eventually, http_get, http_request, router_health};
 use sqlx::Executor;
 
 /// The router's answer for `tenant`: its status, or for a refusal its code (`unknown-tenant`,
@@ -35,14 +33,7 @@ fn router_gauge(router: &str, name: &str) -> Option<f64> {
 async fn a_router_and_an_agent_follow_a_registry_restored_from_an_older_copy() {
     let mut fleet = LocalFleet::start(&[("cell-a", 10)]).await;
     fleet.apply_tenants(&[("acme", "")]);
-    let token = fleet.edge_token_file();
-    let router = start_router(
-        fleet.url(),
-        &token,
-        &fleet.dir().join("router-cache"),
-        &format!("127.0.0.1:{}", free_port()),
-        &[],
-    );
+    let router = fleet.start_router();
     eventually(Duration::from_secs(30), "the router serves acme", || {
         route(&router.url, "acme") == "200"
     });

@@ -115,6 +115,16 @@ pub struct Held<'a> {
     pub epoch: Option<&'a str>,
 }
 
+impl Held<'_> {
+    /// Version `version`, of no epoch in particular.
+    pub fn at(version: i64) -> Self {
+        Held {
+            version,
+            epoch: None,
+        }
+    }
+}
+
 impl Registry {
     /// The whole routing table, from one snapshot. A client that holds a version ahead of the
     /// head, in the current epoch, starts a new epoch first (the registry's history went back).
