@@ -148,7 +148,8 @@ impl Registry {
         let caller = store::Caller::system("routing");
         let mut tx = self.store.begin(&caller).await?;
         let new = fresh_epoch();
-        if store::rotate_routing_epoch(tx.conn(), old, &new).await? {
+        let rotated = store::rotate_routing_epoch(tx.conn(), old, &new).await?;
+        if rotated {
             store::reset_router_acks(tx.conn()).await?;
             let why = if held > head {
                 format!(
@@ -166,7 +167,12 @@ impl Registry {
                 serde_json::json!({"epoch": new, "previous": old, "reason": why}),
             );
         }
-        self.commit(tx).await
+        self.commit(tx).await?;
+        if rotated {
+            // Watchers waiting in the old epoch get their snapshot now, not at their timeout.
+            self.changes.send_modify(|v| *v = v.wrapping_add(1));
+        }
+        Ok(())
     }
 
     pub async fn route(&self, tenant: &TenantId, env: &Env) -> Result<RouteEntry> {
